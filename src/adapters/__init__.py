@@ -1,0 +1,1 @@
+"""One thin module per web framework: convert its request and response, nothing else."""

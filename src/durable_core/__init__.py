@@ -1,0 +1,71 @@
+"""durable: durable functions for Python web apps.
+
+Define functions on a `Durable` app, serve them with an adapter, and every step's result is
+stored: after a crash, retry, sleep or wait the function replays and only new work runs.
+"""
+
+from ._durations import format_duration, parse_duration
+from .config import (
+    Batch,
+    Cancel,
+    Concurrency,
+    Debounce,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    Timeouts,
+    TriggerCron,
+    TriggerEvent,
+)
+from .context import Context, SyncContext
+from .errors import (
+    ConfigError,
+    DurableError,
+    FunctionNotFoundError,
+    NestedStepError,
+    NonDeterminismError,
+    NonRetriableError,
+    RetryAfterError,
+    SerializationError,
+    SignatureError,
+    StepError,
+)
+from .events import Event, Signal
+from .function import Durable, Function
+from .serve import Request, Response, ServeHandler
+
+__all__ = [
+    "Batch",
+    "Cancel",
+    "Concurrency",
+    "ConfigError",
+    "Context",
+    "Debounce",
+    "Durable",
+    "DurableError",
+    "Event",
+    "Function",
+    "FunctionNotFoundError",
+    "NestedStepError",
+    "NonDeterminismError",
+    "NonRetriableError",
+    "Priority",
+    "RateLimit",
+    "Request",
+    "Response",
+    "RetryAfterError",
+    "SerializationError",
+    "ServeHandler",
+    "Signal",
+    "SignatureError",
+    "Singleton",
+    "StepError",
+    "SyncContext",
+    "Throttle",
+    "Timeouts",
+    "TriggerCron",
+    "TriggerEvent",
+    "format_duration",
+    "parse_duration",
+]

@@ -1,0 +1,258 @@
+"""The replay engine: pure logic over stored memos and reported steps, no I/O.
+
+One request replays the function from the top. Each step call is *declared* (its id hashed,
+with a counter for reused ids) and then *reported*. The engine answers every report with a
+decision:
+
+- ``Memo``: the step ran in an earlier request; here is its stored result.
+- ``Execute``: run the step's handler now and hand the result back (`complete` / `fail`).
+- ``Park``: new work that this request does not run; the caller suspends the step.
+
+New steps are collected until the caller says the function has *settled* (sync code: at
+once; async code: when its tasks stop reporting). `settle` then either picks the single new
+`step.run` to execute in this request or ends the request with the discovered ops
+(`StepPlanned` for runs found together, plus sleeps, waits and invokes).
+
+The sync and async step frontends (`_steps.py`) and drivers (`_driver.py`) only differ in
+how they wait; every rule of the protocol lives here. Running several steps in one request
+(checkpointing) fits here too: `complete` would return the memo to continue with instead of
+ending the request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import NonDeterminismError, StepError, error_payload
+
+
+class Opcode(enum.StrEnum):
+    STEP_RUN = "StepRun"
+    STEP_ERROR = "StepError"
+    STEP_FAILED = "StepFailed"
+    STEP_PLANNED = "StepPlanned"
+    SLEEP = "Sleep"
+    WAIT_FOR_EVENT = "WaitForEvent"
+    WAIT_FOR_SIGNAL = "WaitForSignal"
+    INVOKE = "InvokeFunction"
+
+
+def hash_step_id(step_id: str) -> str:
+    return hashlib.sha1(step_id.encode()).hexdigest()
+
+
+@dataclasses.dataclass(slots=True)
+class StepInfo:
+    """One step call: the user's id, its hashed id and counter, and the op it reports."""
+
+    user_id: str
+    hashed: str
+    index: int | None
+    op: Opcode
+    name: str
+    opts: dict[str, Any] | None = None
+    in_parallel: bool = False
+
+    def to_op(self, op: Opcode | None = None, **extra: Any) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "id": self.hashed,
+            "op": (op or self.op).value,
+            "name": self.name,
+            "displayName": self.user_id,
+            "opts": self.opts,
+            "userland": {"id": self.user_id, "index": self.index},
+            "data": None,
+        }
+        wire.update(extra)
+        return wire
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Memo:
+    data: Any = None
+    error: StepError | None = None
+
+
+class _Decision(enum.Enum):
+    EXECUTE = "execute"
+    PARK = "park"
+
+
+EXECUTE = _Decision.EXECUTE
+PARK = _Decision.PARK
+Decision = Memo | _Decision
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ops:
+    """The request ends with these opcodes (HTTP 206)."""
+
+    ops: list[dict[str, Any]]
+
+
+def _parse_memo(raw: object) -> Memo:
+    # run and invoke memos nest under "data"/"error"; sleep and wait memos are the bare value.
+    if isinstance(raw, dict) and raw and set(raw) <= {"data", "error"}:
+        err = raw.get("error")
+        if isinstance(err, dict):
+            return Memo(
+                error=StepError(
+                    str(err.get("message", "")),
+                    str(err.get("name", "Error")),
+                    err.get("stack") if isinstance(err.get("stack"), str) else None,
+                )
+            )
+        return Memo(data=raw.get("data"))
+    return Memo(data=raw)
+
+
+class Replay:
+    """The state of one request's replay."""
+
+    def __init__(
+        self,
+        steps: Mapping[str, object],
+        *,
+        target: str | None = None,
+        attempt: int = 0,
+        max_attempts: int = 5,
+        disable_immediate_execution: bool = False,
+    ) -> None:
+        self._raw_memos = steps
+        self._unseen = set(steps)
+        self._counts: dict[str, int] = {}
+        self.target = target
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.disable_immediate_execution = disable_immediate_execution
+        self.pending: list[StepInfo] = []
+        self.executing: StepInfo | None = None
+        self.result: Ops | NonDeterminismError | None = None
+        self.reports = 0
+        self._new_work = False
+
+    # -- declaring and reporting -------------------------------------------------------
+
+    def declare(
+        self,
+        user_id: str,
+        op: Opcode,
+        name: str | None = None,
+        opts: dict[str, Any] | None = None,
+        in_parallel: bool = False,
+    ) -> StepInfo:
+        if not isinstance(user_id, str) or not user_id:
+            raise TypeError(f"a step id must be a non-empty string, not {user_id!r}")
+        n = self._counts.get(user_id, 0)
+        self._counts[user_id] = n + 1
+        pre = user_id if n == 0 else f"{user_id}:{n}"
+        return StepInfo(
+            user_id=user_id,
+            hashed=hash_step_id(pre),
+            index=n if n else None,
+            op=op,
+            name=user_id if name is None else name,
+            opts=opts,
+            in_parallel=in_parallel,
+        )
+
+    def report(self, info: StepInfo) -> Decision:
+        self.reports += 1
+        if info.hashed in self._raw_memos:
+            self._unseen.discard(info.hashed)
+            return _parse_memo(self._raw_memos[info.hashed])
+        self._new_work = True
+        if self.result is not None or self.executing is not None:
+            return PARK
+        if self.target is not None:
+            if info.hashed == self.target:
+                if info.op is not Opcode.STEP_RUN:
+                    self.result = Ops([info.to_op()])
+                    return PARK
+                self.executing = info
+                return EXECUTE
+            return PARK
+        self.pending.append(info)
+        return PARK
+
+    @property
+    def unseen_memos(self) -> int:
+        return len(self._unseen)
+
+    @property
+    def replaying(self) -> bool:
+        """True while the function is still re-running code whose steps are all stored."""
+        return bool(self._unseen) and not self._new_work
+
+    # -- ending the request --------------------------------------------------------------
+
+    def settle(self) -> StepInfo | Ops | NonDeterminismError:
+        """Decide what this request does with the new steps found so far.
+
+        Returns the step to execute now, or the final result of the request.
+        """
+        if self.result is not None:
+            return self.result
+        if self.executing is not None:
+            return self.executing
+        if self.target is not None:
+            self.result = NonDeterminismError(
+                f"the orchestrator asked to run step {self.target} but replay did not reach it; "
+                "the function must call the same steps in the same order on every replay "
+                "(keep randomness, clocks and I/O inside steps)"
+            )
+            return self.result
+        pending = self.pending
+        if not pending:
+            raise RuntimeError("settle() called with no new steps")
+        if self._unseen:
+            names = ", ".join(repr(info.user_id) for info in pending)
+            self.result = NonDeterminismError(
+                f"replay diverged: the function reached new step(s) {names} while "
+                f"{len(self._unseen)} stored step(s) of this run were never reached. The code "
+                "changed under a run in flight, or it branches on something outside a step "
+                "(time, randomness, I/O). Keep step ids and order stable for running runs, and "
+                "move non-deterministic code into steps."
+            )
+            return self.result
+        if (
+            len(pending) == 1
+            and pending[0].op is Opcode.STEP_RUN
+            and not pending[0].in_parallel
+            and not self.disable_immediate_execution
+        ):
+            self.executing = pending[0]
+            return self.executing
+        ops = [
+            info.to_op(Opcode.STEP_PLANNED) if info.op is Opcode.STEP_RUN else info.to_op()
+            for info in pending
+        ]
+        self.result = Ops(ops)
+        return self.result
+
+    def complete(self, info: StepInfo, output: object) -> Ops:
+        """The executing step returned `output` (already JSON-compatible)."""
+        self.executing = None
+        self.result = Ops([info.to_op(Opcode.STEP_RUN, data=output)])
+        return self.result
+
+    def fail(self, info: StepInfo, err: BaseException) -> Ops:
+        """The executing step raised a retriable error: StepError, or StepFailed when spent."""
+        self.executing = None
+        spent = self.attempt + 1 >= self.max_attempts
+        op = Opcode.STEP_FAILED if spent else Opcode.STEP_ERROR
+        self.result = Ops([info.to_op(op, error=error_payload(err))])
+        return self.result
+
+    def unreached_target(self) -> NonDeterminismError | None:
+        """When the function ended: an error if a targeted step was never reached."""
+        if self.target is not None and self.result is None and self.executing is None:
+            return NonDeterminismError(
+                f"the orchestrator asked to run step {self.target} but the function returned "
+                "without reaching it; the function must call the same steps on every replay"
+            )
+        return None

@@ -1,0 +1,185 @@
+"""One execution request, from parsed body to outcome, shared by the serve handler, the test
+harness and the in-process transport."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pydantic
+
+from . import _serialize
+from ._driver import AsyncRunner, Outcome, Raised, Returned, run_sync
+from ._durations import to_iso_utc
+from ._engine import Ops, Replay
+from ._steps import AsyncSender, Step, SyncSender, SyncStep
+from .context import Context, ReplayAwareLogger, SyncContext
+from .errors import DurableError, RetryAfterError, SerializationError, error_payload
+from .events import Event
+from .function import Function, Handler, is_async
+
+T = TypeVar("T")
+
+
+class RequestCtx(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+
+    run_id: str = pydantic.Field(min_length=1)
+    fn_id: str | None = None
+    attempt: int = pydantic.Field(default=0, ge=0)
+    max_attempts: int | None = pydantic.Field(default=None, ge=1)
+    disable_immediate_execution: bool = False
+
+
+class ExecutionRequest(pydantic.BaseModel):
+    """The body the orchestrator POSTs for one request of a run (protocol section 4)."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+
+    event: Event
+    events: list[Event] | None = None
+    steps: dict[str, Any] = pydantic.Field(default_factory=dict)
+    ctx: RequestCtx
+    use_api: bool = False
+    version: int | None = None
+
+    @pydantic.field_validator("steps", mode="before")
+    @classmethod
+    def _null_steps(cls, value: object) -> object:
+        return {} if value is None else value
+
+
+def _replay(
+    fn: Function[Any], handler: Handler, req: ExecutionRequest, target: str | None
+) -> Replay:
+    default_attempts = fn.options.retries + 1 if handler is fn.handler else 1
+    return Replay(
+        req.steps,
+        target=target,
+        attempt=req.ctx.attempt,
+        max_attempts=req.ctx.max_attempts or default_attempts,
+        disable_immediate_execution=req.ctx.disable_immediate_execution,
+    )
+
+
+def _common(fn: Function[Any], req: ExecutionRequest, replay: Replay) -> dict[str, Any]:
+    extra = {"run_id": req.ctx.run_id, "fn_id": fn.id}
+    return {
+        "event": req.event,
+        "events": req.events or [req.event],
+        "run_id": req.ctx.run_id,
+        "fn_id": fn.id,
+        "attempt": req.ctx.attempt,
+        "logger": ReplayAwareLogger(fn.app.logger, replay, extra),
+    }
+
+
+async def execute_async(
+    fn: Function[Any],
+    handler: Handler,
+    req: ExecutionRequest,
+    target: str | None,
+    sender: AsyncSender,
+) -> Outcome:
+    replay = _replay(fn, handler, req, target)
+    runner = AsyncRunner(replay)
+    step = Step(replay, fn.app.app_id, runner, sender)
+    return await runner.run(handler, Context(step=step, **_common(fn, req, replay)))
+
+
+def execute_sync(
+    fn: Function[Any],
+    handler: Handler,
+    req: ExecutionRequest,
+    target: str | None,
+    sender: SyncSender,
+) -> Outcome:
+    replay = _replay(fn, handler, req, target)
+    step = SyncStep(replay, fn.app.app_id, sender)
+    return run_sync(handler, SyncContext(step=step, **_common(fn, req, replay)), replay)
+
+
+async def execute(
+    fn: Function[Any],
+    handler: Handler,
+    req: ExecutionRequest,
+    target: str | None,
+    *,
+    sender: AsyncSender,
+    sync_sender: SyncSender,
+) -> Outcome:
+    """Run one request from async code; sync handlers run in a worker thread."""
+    if is_async(handler):
+        return await execute_async(fn, handler, req, target, sender)
+    return await asyncio.to_thread(execute_sync, fn, handler, req, target, sync_sender)
+
+
+def execute_blocking(
+    fn: Function[Any],
+    handler: Handler,
+    req: ExecutionRequest,
+    target: str | None,
+    *,
+    sender: AsyncSender,
+    sync_sender: SyncSender,
+) -> Outcome:
+    """Run one request from sync code; async handlers get an event loop of their own."""
+    if is_async(handler):
+        return run_coroutine_blocking(execute_async(fn, handler, req, target, sender))
+    return execute_sync(fn, handler, req, target, sync_sender)
+
+
+def run_coroutine_blocking(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    # Called from a thread that already runs a loop: use a fresh thread for a fresh loop.
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as err:
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name="durable-run")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+# -- outcome to wire ------------------------------------------------------------------------
+
+
+class Wire(pydantic.BaseModel):
+    """An outcome as status, headers and a JSON-able body."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = pydantic.Field(default_factory=dict)
+
+
+def to_wire(fn: Function[Any], outcome: Outcome) -> Wire:
+    if isinstance(outcome, Ops):
+        return Wire(status=206, body=outcome.ops)
+    if isinstance(outcome, Returned):
+        try:
+            value = _serialize.to_json_value(outcome.value, what=f"function {fn.local_id!r}")
+        except SerializationError as err:
+            outcome = Raised(err)
+        else:
+            return Wire(status=200, body=value)
+    assert isinstance(outcome, Raised)
+    failure = outcome.error
+    headers: dict[str, str] = {}
+    if isinstance(failure, DurableError) and not failure.retriable:
+        headers["x-inngest-no-retry"] = "true"
+    if isinstance(failure, RetryAfterError):
+        headers["retry-after"] = to_iso_utc(failure.retry_at.astimezone(_dt.UTC))
+    return Wire(status=500, body=error_payload(failure), headers=headers)

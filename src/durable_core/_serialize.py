@@ -1,0 +1,77 @@
+"""JSON in, typed values out: step and function outputs are stored as JSON and, where the
+handler's return annotation (or `output_type=`) names a type, restored as that type."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
+import pydantic_core
+
+from .errors import SerializationError
+
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def to_json_value(value: object, *, what: str) -> object:
+    """A JSON-compatible copy of `value`; `what` names the step or function in the error."""
+    if isinstance(value, _PLAIN):
+        return value
+    try:
+        out = pydantic_core.to_jsonable_python(value)
+        json.dumps(out, allow_nan=False)
+    except (pydantic_core.PydanticSerializationError, TypeError, ValueError) as err:
+        raise SerializationError(
+            f"{what} returned a value of type {type(value).__qualname__} that cannot be stored "
+            f"as JSON ({err}); return JSON data, a pydantic model or a dataclass instead"
+        ) from None
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def _adapter(tp: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(tp)
+
+
+def from_json_value(value: object, tp: Any, *, what: str) -> Any:
+    """Restore `value` as `tp` (None or Any leave it as JSON)."""
+    if tp is None or tp is Any or tp is object or (value is None and tp is type(None)):
+        return value
+    try:
+        return _adapter(tp).validate_python(value)
+    except pydantic.ValidationError as err:
+        raise SerializationError(
+            f"the stored output of {what} does not fit its return type {tp!r} "
+            f"(did the type change since it ran?): {err.errors()[0]['msg']}"
+        ) from None
+
+
+def return_type(handler: Callable[..., Any]) -> Any:
+    """The handler's declared return type, unwrapping partials and awaitables; None if unknown."""
+    target: Any = handler
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        call = getattr(target, "__call__", None)  # noqa: B004
+        if call is None or not inspect.ismethod(call):
+            return None
+        target = call
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:
+        return None
+    tp = hints.get("return")
+    if tp is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Awaitable, typing.Coroutine) or (
+        origin is not None and getattr(origin, "__name__", "") in ("Awaitable", "Coroutine")
+    ):
+        args = typing.get_args(tp)
+        tp = args[-1] if args else None
+    return None if tp is type(None) else tp

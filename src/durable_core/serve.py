@@ -1,0 +1,351 @@
+"""The framework-agnostic serve handler: a `Request` goes in, a `Response` comes out.
+
+- GET: introspection (function count, mode, which keys are set).
+- PUT: sync. Out-of-band posts the function configs to the orchestrator's `/fn/register`;
+  in-band (`x-inngest-sync-kind: in_band`, signed requests only) returns them.
+- POST `?fnId=<id>&stepId=<step>`: execute one request of a run.
+
+Adapters only convert their framework's request and response to and from these objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import pydantic
+
+from . import signing
+from ._driver import Raised
+from ._execute import (
+    ExecutionRequest,
+    execute,
+    execute_blocking,
+    to_wire,
+)
+from ._steps import AsyncSender, SyncSender
+from .errors import ConfigError, SignatureError
+from .events import Event
+from .function import SDK_NAME, SDK_VERSION, Durable, Function, Handler
+
+_log = logging.getLogger("durable")
+DEFAULT_SERVE_PATH = "/api/durable"
+
+
+@dataclasses.dataclass(slots=True)
+class Request:
+    method: str
+    body: bytes
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+    url: str
+
+
+@dataclasses.dataclass(slots=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+@dataclasses.dataclass(slots=True)
+class _Execution:
+    fn: Function[Any]
+    handler: Handler
+    body: ExecutionRequest
+    target: str | None
+    key: str | None
+
+
+@dataclasses.dataclass(slots=True)
+class _Sync:
+    key: str | None
+    url: str
+    query: Mapping[str, str]
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, dict(headers or {}), json.dumps(body).encode())
+
+
+def _error(status: int, name: str, message: str, **extra: str) -> Response:
+    return _json(status, {"name": name, "message": message, "code": name}, extra)
+
+
+class ServeHandler:
+    """Answers the serve protocol for one `Durable` app."""
+
+    def __init__(
+        self,
+        durable: Durable,
+        *,
+        framework: str = "starlette",
+        serve_path: str = DEFAULT_SERVE_PATH,
+        sender: AsyncSender | None = None,
+        sync_sender: SyncSender | None = None,
+    ) -> None:
+        if not durable.dev and not durable.signing_key:
+            raise ConfigError(
+                f"app {durable.app_id!r} is in production mode but has no signing key: set "
+                "DURABLE_SIGNING_KEY (the orchestrator's key), or pass dev=True / set "
+                "DURABLE_DEV=1 to run unsigned on a trusted machine"
+            )
+        self.durable = durable
+        self.framework = framework
+        self.serve_path = serve_path
+        self._sender: AsyncSender = sender or durable.send
+        self._sync_sender: SyncSender = sync_sender or durable.send_sync
+
+    # -- entry points -------------------------------------------------------------------------
+
+    async def handle(self, req: Request) -> Response:
+        plan = self._begin(req)
+        if isinstance(plan, Response):
+            return self._finish(plan, None)
+        if isinstance(plan, _Sync):
+            return self._finish(await self._sync_out_of_band(plan), plan.key)
+        outcome = await execute(
+            plan.fn, plan.handler, plan.body, plan.target,
+            sender=self._sender, sync_sender=self._sync_sender,
+        )  # fmt: skip
+        return self._finish(self._outcome(plan, outcome), plan.key)
+
+    def handle_sync(self, req: Request) -> Response:
+        plan = self._begin(req)
+        if isinstance(plan, Response):
+            return self._finish(plan, None)
+        if isinstance(plan, _Sync):
+            return self._finish(self._sync_out_of_band_blocking(plan), plan.key)
+        outcome = execute_blocking(
+            plan.fn, plan.handler, plan.body, plan.target,
+            sender=self._sender, sync_sender=self._sync_sender,
+        )  # fmt: skip
+        return self._finish(self._outcome(plan, outcome), plan.key)
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def _begin(self, req: Request) -> Response | _Execution | _Sync:
+        headers = {k.lower(): v for k, v in req.headers.items()}
+        method = req.method.upper()
+        if method == "GET":
+            return self._introspect(req, headers)
+        if method == "PUT":
+            return self._sync(req, headers)
+        if method == "POST":
+            return self._execution(req, headers)
+        return _error(
+            405, "method_not_allowed", f"{method} is not served here: use GET, PUT or POST"
+        )
+
+    def _verify(self, req: Request, headers: Mapping[str, str]) -> str | None:
+        """The key that signed the request; None in dev mode. Raises SignatureError."""
+        if self.durable.dev:
+            return None
+        keys = [self.durable.signing_key, self.durable.signing_key_fallback]
+        return signing.verify(req.body, headers.get("x-inngest-signature"), keys)
+
+    def _introspect(self, req: Request, headers: Mapping[str, str]) -> Response:
+        d = self.durable
+        body: dict[str, Any] = {
+            "schema_version": "2024-05-24",
+            "function_count": sum(1 + (f.on_failure is not None) for f in d.functions),
+            "has_event_key": d.event_key is not None,
+            "has_signing_key": d.signing_key is not None,
+            "has_signing_key_fallback": d.signing_key_fallback is not None,
+            "mode": "dev" if d.dev else "cloud",
+        }
+        if not d.dev and headers.get("x-inngest-signature"):
+            try:
+                self._verify(req, headers)
+            except SignatureError:
+                body["authentication_succeeded"] = False
+            else:
+                body.update(self._authenticated_details(req))
+        return _json(200, body)
+
+    def _authenticated_details(self, req: Request) -> dict[str, Any]:
+        d = self.durable
+        return {
+            "authentication_succeeded": True,
+            "app_id": d.app_id,
+            "api_origin": d.orchestrator_url,
+            "event_api_origin": d.orchestrator_url,
+            "framework": self.framework,
+            "sdk_language": "py",
+            "sdk_version": SDK_VERSION,
+            "serve_origin": d.serve_origin,
+            "serve_path": self.serve_path,
+            "signing_key_hash": signing.hashed_signing_key(d.signing_key)
+            if d.signing_key
+            else None,
+            "signing_key_fallback_hash": (
+                signing.hashed_signing_key(d.signing_key_fallback)
+                if d.signing_key_fallback
+                else None
+            ),
+            "capabilities": {"in_band_sync": "v1", "trust_probe": "v1"},
+        }
+
+    def _serve_url(self, req: Request) -> str:
+        if self.durable.serve_origin:
+            return self.durable.serve_origin.rstrip("/") + self.serve_path
+        parts = urllib.parse.urlsplit(req.url)
+        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+    def _sync(self, req: Request, headers: Mapping[str, str]) -> Response | _Sync:
+        key = None
+        if headers.get("x-inngest-sync-kind") == "in_band" and not self.durable.dev:
+            try:
+                key = self._verify(req, headers)
+            except SignatureError as err:
+                return _error(401, "unauthorized", f"in-band sync needs a signed request: {err}")
+            try:
+                url = json.loads(req.body or b"{}").get("url") or self._serve_url(req)
+            except (ValueError, AttributeError):
+                return _error(400, "body_invalid", "in-band sync body must be a JSON object")
+            functions = self.function_configs(url)
+            inspection = {**self._authenticated_details(req), "function_count": len(functions)}
+            body = {
+                "app_id": self.durable.app_id,
+                "env": None,
+                "framework": self.framework,
+                "functions": functions,
+                "inspection": inspection,
+                "platform": None,
+                "sdk_author": "durable",
+                "sdk_language": "py",
+                "sdk_version": SDK_VERSION,
+                "url": url,
+            }
+            return self._finish(_json(200, body, {"x-inngest-sync-kind": "in_band"}), key)
+        return _Sync(key=None, url=self._serve_url(req), query=req.query)
+
+    def _execution(self, req: Request, headers: Mapping[str, str]) -> Response | _Execution:
+        try:
+            key = self._verify(req, headers)
+        except SignatureError as err:
+            return _error(401, "unauthorized", str(err))
+        if req.query.get("probe") == "trust":
+            return self._finish(_json(200, {}), key)
+        fn_id = req.query.get("fnId")
+        if not fn_id:
+            return self._finish(
+                _error(400, "query_param_missing", "missing query parameter fnId=<function id>"),
+                key,
+            )
+        found = self.durable.find(fn_id)
+        if found is None:
+            known = ", ".join(sorted(f.id for f in self.durable.functions)) or "none"
+            return self._finish(
+                _error(404, "function_not_found", f"no function {fn_id!r} here (served: {known})"),
+                key,
+            )
+        try:
+            body = ExecutionRequest.model_validate_json(req.body)
+        except pydantic.ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            msg = f"invalid execution request: {where}: {first['msg']}"
+            return self._finish(_error(400, "body_invalid", msg), key)
+        if body.use_api:
+            msg = "use_api is not supported: send the events and steps in the request body"
+            return self._finish(_error(400, "body_invalid", msg), key)
+        step_id = req.query.get("stepId")
+        target = None if step_id in (None, "", "step") else step_id
+        return _Execution(found[0], found[1], body, target, key)
+
+    # -- responses ----------------------------------------------------------------------------
+
+    def _outcome(self, plan: _Execution, outcome: Any) -> Response:
+        if isinstance(outcome, Raised):
+            _log.error(
+                "function %s (run %s) failed: %s: %s",
+                plan.fn.id,
+                plan.body.ctx.run_id,
+                type(outcome.error).__name__,
+                outcome.error,
+            )
+        wire = to_wire(plan.fn, outcome)
+        return _json(wire.status, wire.body, wire.headers)
+
+    def _finish(self, res: Response, key: str | None) -> Response:
+        res.headers.setdefault("content-type", "application/json")
+        res.headers["x-inngest-sdk"] = f"{SDK_NAME}:v{SDK_VERSION}"
+        res.headers["x-inngest-req-version"] = "2"
+        res.headers["x-inngest-framework"] = self.framework
+        res.headers["x-inngest-sdk-handled"] = "true"
+        if key is not None and "x-inngest-signature" not in res.headers:
+            res.headers["x-inngest-signature"] = signing.sign(res.body, key)
+        return res
+
+    # -- registration -------------------------------------------------------------------------
+
+    def function_configs(self, serve_url: str) -> list[dict[str, Any]]:
+        return [cfg for fn in self.durable.functions for cfg in fn.configs(serve_url)]
+
+    def registration_body(self, serve_url: str) -> dict[str, Any]:
+        return {
+            "appname": self.durable.app_id,
+            "deploy_type": "ping",
+            "framework": self.framework,
+            "sdk": f"{SDK_NAME}:v{SDK_VERSION}",
+            "url": serve_url,
+            "v": "0.1",
+            "capabilities": {"in_band_sync": "v1", "trust_probe": "v1"},
+            "functions": self.function_configs(serve_url),
+        }
+
+    def _registration(self, plan: _Sync) -> tuple[str, dict[str, Any], dict[str, str]]:
+        url = f"{self.durable.orchestrator_url}/fn/register"
+        if plan.query.get("deployId"):
+            url += "?" + urllib.parse.urlencode({"deployId": plan.query["deployId"]})
+        headers = {
+            "content-type": "application/json",
+            "x-inngest-sdk": f"{SDK_NAME}:v{SDK_VERSION}",
+        }
+        if self.durable.signing_key:
+            headers["authorization"] = (
+                f"Bearer {signing.hashed_signing_key(self.durable.signing_key)}"
+            )
+        return url, self.registration_body(plan.url), headers
+
+    def _registered(self, url: str, res: httpx.Response | Exception) -> Response:
+        sync_kind = {"x-inngest-sync-kind": "out_of_band"}
+        if isinstance(res, Exception):
+            msg = (
+                f"could not reach the orchestrator at {url} ({res}); start it (`durable dev`) or "
+                "set DURABLE_ORCHESTRATOR_URL"
+            )
+            return _error(502, "registration_failed", msg, **sync_kind)
+        try:
+            body = res.json()
+        except ValueError:
+            body = {"error": res.text}
+        return _json(res.status_code, body, sync_kind)
+
+    async def _sync_out_of_band(self, plan: _Sync) -> Response:
+        url, body, headers = self._registration(plan)
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                return self._registered(url, await client.post(url, json=body, headers=headers))
+        except httpx.HTTPError as err:
+            return self._registered(url, err)
+
+    def _sync_out_of_band_blocking(self, plan: _Sync) -> Response:
+        url, body, headers = self._registration(plan)
+        try:
+            with httpx.Client(timeout=30) as client:
+                return self._registered(url, client.post(url, json=body, headers=headers))
+        except httpx.HTTPError as err:
+            return self._registered(url, err)
+
+
+__all__ = ["DEFAULT_SERVE_PATH", "Event", "Request", "Response", "ServeHandler"]
