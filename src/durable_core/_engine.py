@@ -121,6 +121,7 @@ class Replay:
         attempt: int = 0,
         max_attempts: int = 5,
         disable_immediate_execution: bool = False,
+        checkpoint: bool = False,
     ) -> None:
         self._raw_memos = steps
         self._unseen = set(steps)
@@ -129,6 +130,7 @@ class Replay:
         self.attempt = attempt
         self.max_attempts = max_attempts
         self.disable_immediate_execution = disable_immediate_execution
+        self.checkpoint = checkpoint and target is None
         self.pending: list[StepInfo] = []
         self.executing: StepInfo | None = None
         self.result: Ops | NonDeterminismError | None = None
@@ -226,6 +228,7 @@ class Replay:
             and not self.disable_immediate_execution
         ):
             self.executing = pending[0]
+            self.pending = []
             return self.executing
         ops = [
             info.to_op(Opcode.STEP_PLANNED) if info.op is Opcode.STEP_RUN else info.to_op()
@@ -234,9 +237,15 @@ class Replay:
         self.result = Ops(ops)
         return self.result
 
-    def complete(self, info: StepInfo, output: object) -> Ops:
-        """The executing step returned `output` (already JSON-compatible)."""
+    def complete(self, info: StepInfo, output: object) -> Ops | Memo:
+        """The executing step returned `output` (already JSON-compatible).
+
+        Without checkpointing the request ends with its StepRun op. With it, the caller stores
+        the op durably and the function goes on with the result as a memo.
+        """
         self.executing = None
+        if self.checkpoint:
+            return Memo(data=output)
         self.result = Ops([info.to_op(Opcode.STEP_RUN, data=output)])
         return self.result
 

@@ -15,7 +15,7 @@ from . import _serialize
 from ._driver import AsyncRunner, Outcome, Raised, Returned, run_sync
 from ._durations import to_iso_utc
 from ._engine import Ops, Replay
-from ._steps import AsyncSender, Step, SyncSender, SyncStep
+from ._steps import AsyncCheckpoint, AsyncSender, Step, SyncCheckpoint, SyncSender, SyncStep
 from .context import Context, ReplayAwareLogger, SyncContext
 from .errors import DurableError, RetryAfterError, SerializationError, error_payload
 from .events import Event
@@ -53,7 +53,7 @@ class ExecutionRequest(pydantic.BaseModel):
 
 
 def _replay(
-    fn: Function[Any], handler: Handler, req: ExecutionRequest, target: str | None
+    fn: Function[Any], handler: Handler, req: ExecutionRequest, target: str | None, checkpoint: bool
 ) -> Replay:
     default_attempts = fn.options.retries + 1 if handler is fn.handler else 1
     return Replay(
@@ -62,6 +62,7 @@ def _replay(
         attempt=req.ctx.attempt,
         max_attempts=req.ctx.max_attempts or default_attempts,
         disable_immediate_execution=req.ctx.disable_immediate_execution,
+        checkpoint=checkpoint,
     )
 
 
@@ -83,10 +84,11 @@ async def execute_async(
     req: ExecutionRequest,
     target: str | None,
     sender: AsyncSender,
+    checkpoint: AsyncCheckpoint | None = None,
 ) -> Outcome:
-    replay = _replay(fn, handler, req, target)
+    replay = _replay(fn, handler, req, target, checkpoint is not None)
     runner = AsyncRunner(replay)
-    step = Step(replay, fn.app.app_id, runner, sender)
+    step = Step(replay, fn.app.app_id, runner, sender, checkpoint)
     return await runner.run(handler, Context(step=step, **_common(fn, req, replay)))
 
 
@@ -96,9 +98,10 @@ def execute_sync(
     req: ExecutionRequest,
     target: str | None,
     sender: SyncSender,
+    checkpoint: SyncCheckpoint | None = None,
 ) -> Outcome:
-    replay = _replay(fn, handler, req, target)
-    step = SyncStep(replay, fn.app.app_id, sender)
+    replay = _replay(fn, handler, req, target, checkpoint is not None)
+    step = SyncStep(replay, fn.app.app_id, sender, checkpoint)
     return run_sync(handler, SyncContext(step=step, **_common(fn, req, replay)), replay)
 
 
@@ -110,11 +113,29 @@ async def execute(
     *,
     sender: AsyncSender,
     sync_sender: SyncSender,
+    checkpoint: AsyncCheckpoint | None = None,
 ) -> Outcome:
-    """Run one request from async code; sync handlers run in a worker thread."""
+    """Run one request from async code; sync handlers run in a worker thread.
+
+    With `checkpoint`, consecutive steps run in this one request, each stored through the
+    hook before the next starts (sync handlers reach it through this event loop).
+    """
     if is_async(handler):
-        return await execute_async(fn, handler, req, target, sender)
-    return await asyncio.to_thread(execute_sync, fn, handler, req, target, sync_sender)
+        return await execute_async(fn, handler, req, target, sender, checkpoint)
+    sync_checkpoint: SyncCheckpoint | None = None
+    if checkpoint is not None:
+        loop = asyncio.get_running_loop()
+        hook = checkpoint
+
+        async def stored(op: dict[str, Any]) -> None:
+            await hook(op)
+
+        def sync_checkpoint(op: dict[str, Any]) -> None:
+            asyncio.run_coroutine_threadsafe(stored(op), loop).result()
+
+    return await asyncio.to_thread(
+        execute_sync, fn, handler, req, target, sync_sender, sync_checkpoint
+    )
 
 
 def execute_blocking(

@@ -29,6 +29,8 @@ T = TypeVar("T")
 Events = Event | dict[str, Any] | Sequence[Event | dict[str, Any]]
 AsyncSender = Callable[[list[Event]], Awaitable[list[str]]]
 SyncSender = Callable[[list[Event]], list[str]]
+AsyncCheckpoint = Callable[[dict[str, Any]], Awaitable[None]]
+SyncCheckpoint = Callable[[dict[str, Any]], None]
 
 _running_step: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar(
     "durable_running_step", default=None
@@ -102,7 +104,7 @@ class _StepBase:
         fn_id = function if isinstance(function, str) else function.local_id
         opts = {
             "function_id": f"{self._app_id}-{fn_id}",
-            "payload": {"data": data or {}, "v": None},
+            "payload": {"data": data, "v": None},
             "timeout": None if timeout is None else format_duration(timeout),
         }
         return self._declare(step_id, Opcode.INVOKE, step_id, opts)
@@ -132,10 +134,18 @@ class _StepBase:
 class Step(_StepBase):
     """Steps for async functions: every method returns an awaitable."""
 
-    def __init__(self, replay: Replay, app_id: str, runner: AsyncRunner, sender: AsyncSender):
+    def __init__(
+        self,
+        replay: Replay,
+        app_id: str,
+        runner: AsyncRunner,
+        sender: AsyncSender,
+        checkpoint: AsyncCheckpoint | None = None,
+    ) -> None:
         super().__init__(replay, app_id)
         self._runner = runner
         self._sender = sender
+        self._checkpoint = checkpoint
 
     async def _drive(
         self, info: StepInfo, handler: Callable[..., Any] | None = None, args: tuple[Any, ...] = ()
@@ -162,9 +172,14 @@ class Step(_StepBase):
                 err.__traceback__ = err.__traceback__.tb_next
             self._replay.fail(info, err)
         else:
-            self._replay.complete(info, data)
+            done = self._replay.complete(info, data)
+            if isinstance(done, Memo) and self._checkpoint is not None:
+                _running_step.reset(token)
+                await self._checkpoint(info.to_op(Opcode.STEP_RUN, data=data))
+                return done
         finally:
-            _running_step.reset(token)
+            if _running_step.get() is info:
+                _running_step.reset(token)
         self._runner.notify()
         await self._runner.park(info)
         raise AssertionError("unreachable: a finished request resumed a step")
@@ -246,9 +261,16 @@ class Step(_StepBase):
 class SyncStep(_StepBase):
     """Steps for sync functions: every method returns its result directly."""
 
-    def __init__(self, replay: Replay, app_id: str, sender: SyncSender) -> None:
+    def __init__(
+        self,
+        replay: Replay,
+        app_id: str,
+        sender: SyncSender,
+        checkpoint: SyncCheckpoint | None = None,
+    ) -> None:
         super().__init__(replay, app_id)
         self._sender = sender
+        self._checkpoint = checkpoint
 
     def _drive(
         self, info: StepInfo, handler: Callable[..., Any] | None = None, args: tuple[Any, ...] = ()
@@ -282,9 +304,14 @@ class SyncStep(_StepBase):
                 err.__traceback__ = err.__traceback__.tb_next
             self._replay.fail(info, err)
         else:
-            self._replay.complete(info, data)
+            done = self._replay.complete(info, data)
+            if isinstance(done, Memo) and self._checkpoint is not None:
+                _running_step.reset(token)
+                self._checkpoint(info.to_op(Opcode.STEP_RUN, data=data))
+                return done
         finally:
-            _running_step.reset(token)
+            if _running_step.get() is info:
+                _running_step.reset(token)
         raise StopRequest
 
     def run(
