@@ -6,8 +6,8 @@ import inspect
 import logging
 import os
 import urllib.parse
-from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpx
 import pydantic
@@ -31,6 +31,7 @@ from .config import (
 )
 from .errors import ConfigError, DurableError
 from .events import Event
+from .signing import hashed_signing_key
 
 T = TypeVar("T")
 Handler = Callable[[Any], Any]
@@ -173,6 +174,7 @@ class Durable:
         self.serve_origin = serve_origin or os.environ.get("DURABLE_SERVE_ORIGIN") or None
         self.logger = logger or logging.getLogger("durable")
         self._functions: dict[str, Function[Any]] = {}
+        self.local: LocalOrchestrator | None = None
 
     @property
     def functions(self) -> list[Function[Any]]:
@@ -253,37 +255,132 @@ class Durable:
                 return fn, handler
         return None
 
-    # -- sending events -------------------------------------------------------------------
+    # -- client calls -----------------------------------------------------------------------
 
-    def _event_url(self) -> str:
-        key = self.event_key or ("dev" if self.dev else None)
+    def _url(self, path: str) -> str:
+        return f"{self.orchestrator_url}{path}"
+
+    def _event_path(self) -> str:
+        key = self.event_key or ("dev" if self.dev or self.local is not None else None)
         if key is None:
             raise ConfigError(
                 "cannot send events without an event key: set DURABLE_EVENT_KEY, or use dev mode"
             )
-        return f"{self.orchestrator_url}/e/{urllib.parse.quote(key, safe='')}"
+        return f"/e/{urllib.parse.quote(key, safe='')}"
+
+    def _api_headers(self) -> dict[str, str]:
+        if not self.signing_key:
+            return {}
+        return {"authorization": f"Bearer {hashed_signing_key(self.signing_key)}"}
 
     @staticmethod
-    def _ids(response: httpx.Response) -> list[str]:
+    def _answer(response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.text}
         if response.status_code >= 400:
-            raise DurableError(
-                f"the orchestrator refused the events: HTTP {response.status_code}: {response.text}"
+            message = body.get("error") if isinstance(body, dict) else body
+            raise DurableError(f"the orchestrator answered HTTP {response.status_code}: {message}")
+        return body
+
+    async def _post(self, path: str, body: Any) -> Any:
+        async with httpx.AsyncClient(timeout=None) as client:
+            return self._answer(
+                await client.post(self._url(path), json=body, headers=self._api_headers())
             )
-        ids = response.json().get("ids")
-        if not isinstance(ids, list):
-            raise DurableError(f"unexpected answer from the orchestrator: {response.text}")
-        return [str(i) for i in ids]
 
-    async def send(self, events: Events) -> list[str]:
+    def _post_sync(self, path: str, body: Any) -> Any:
+        with httpx.Client(timeout=None) as client:
+            return self._answer(
+                client.post(self._url(path), json=body, headers=self._api_headers())
+            )
+
+    async def send_async(self, events: Events) -> list[str]:
         """Send one event or several; returns their ids."""
-        body = [e.to_wire() for e in _as_events(events)]
-        async with httpx.AsyncClient(timeout=30) as client:
-            return self._ids(await client.post(self._event_url(), json=body))
+        batch = _as_events(events)
+        if self.local is not None:
+            return await self.local.send(batch)
+        answer = await self._post(self._event_path(), [e.to_wire() for e in batch])
+        return [str(i) for i in answer["ids"]]
 
-    def send_sync(self, events: Events) -> list[str]:
-        body = [e.to_wire() for e in _as_events(events)]
-        with httpx.Client(timeout=30) as client:
-            return self._ids(client.post(self._event_url(), json=body))
+    def send(self, events: Events) -> list[str]:
+        """Send one event or several from sync code; returns their ids."""
+        batch = _as_events(events)
+        if self.local is not None:
+            return self.local.call_blocking(self.local.send(batch))
+        answer = self._post_sync(self._event_path(), [e.to_wire() for e in batch])
+        return [str(i) for i in answer["ids"]]
+
+    def _invoke_args(
+        self, function: Function[Any] | str, data: dict[str, Any] | None, wait: bool, timeout: float
+    ) -> tuple[str, dict[str, Any]]:
+        fn_id = function.id if isinstance(function, Function) else function
+        if not fn_id.startswith(f"{self.app_id}-") and self.find(f"{self.app_id}-{fn_id}"):
+            fn_id = f"{self.app_id}-{fn_id}"
+        return fn_id, {"data": data or {}, "wait": wait, "timeout": timeout}
+
+    @staticmethod
+    def _invoked(answer: dict[str, Any], wait: bool) -> Any:
+        if not wait:
+            return answer["run_id"]
+        status = answer.get("status")
+        if status == "completed":
+            return answer.get("output")
+        if status in ("failed", "cancelled"):
+            error = answer.get("error") or {}
+            raise RunFailedError(answer["run_id"], status, error)
+        raise TimeoutError(f"run {answer.get('run_id')} did not finish in time (status {status})")
+
+    async def invoke_async(
+        self,
+        function: Function[Any] | str,
+        data: dict[str, Any] | None = None,
+        *,
+        wait: bool = True,
+        timeout: float = 30.0,
+    ) -> Any:
+        """Start a run of `function` with `data`: its output when `wait`, else the run id."""
+        fn_id, body = self._invoke_args(function, data, wait, timeout)
+        if self.local is not None:
+            return self._invoked(await self.local.invoke(fn_id, body), wait)
+        return self._invoked(await self._post(f"/v1/functions/{fn_id}/invoke", body), wait)
+
+    def invoke(
+        self,
+        function: Function[Any] | str,
+        data: dict[str, Any] | None = None,
+        *,
+        wait: bool = True,
+        timeout: float = 30.0,
+    ) -> Any:
+        """`invoke_async` for sync code."""
+        fn_id, body = self._invoke_args(function, data, wait, timeout)
+        if self.local is not None:
+            return self._invoked(self.local.call_blocking(self.local.invoke(fn_id, body)), wait)
+        return self._invoked(self._post_sync(f"/v1/functions/{fn_id}/invoke", body), wait)
+
+
+class RunFailedError(DurableError):
+    """An invoked run failed or was cancelled; `error` is its error payload."""
+
+    retriable = False
+
+    def __init__(self, run_id: str, status: str, error: dict[str, Any]) -> None:
+        super().__init__(
+            f"run {run_id} {status}: {error.get('name', 'Error')}: {error.get('message', '')}"
+        )
+        self.run_id = run_id
+        self.status = status
+        self.error = error
+
+
+class LocalOrchestrator(Protocol):
+    """What an orchestrator in this process offers the client calls (embedded mode)."""
+
+    async def send(self, events: list[Event]) -> list[str]: ...
+    async def invoke(self, fn_id: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    def call_blocking(self, coro: Coroutine[Any, Any, T]) -> T: ...
 
 
 def is_async(handler: Handler) -> bool:

@@ -101,8 +101,8 @@ class ServeHandler:
         self.durable = durable
         self.framework = framework
         self.serve_path = serve_path
-        self._sender: AsyncSender = sender or durable.send
-        self._sync_sender: SyncSender = sync_sender or durable.send_sync
+        self._sender: AsyncSender = sender or durable.send_async
+        self._sync_sender: SyncSender = sync_sender or durable.send
 
     # -- entry points -------------------------------------------------------------------------
 

@@ -1,0 +1,218 @@
+"""The `durable` command: run the orchestrator standalone, send events, inspect runs.
+
+durable dev [--port 8288] [-u APP_URL ...] [--fast-retries]
+durable send NAME [--data JSON]
+durable runs [--function ID] [--status STATUS]
+durable run RUN_ID
+durable cancel RUN_ID
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import click
+import httpx
+
+from .orchestrator.core import DEFAULT_BACKOFF, FAST_BACKOFF
+
+DEFAULT_URL = "http://127.0.0.1:8288"
+
+
+def _url() -> str:
+    return os.environ.get("DURABLE_ORCHESTRATOR_URL", DEFAULT_URL).rstrip("/")
+
+
+def _headers() -> dict[str, str]:
+    from .signing import hashed_signing_key
+
+    key = os.environ.get("DURABLE_SIGNING_KEY")
+    return {"authorization": f"Bearer {hashed_signing_key(key)}"} if key else {}
+
+
+def _call(method: str, path: str, url: str, **kw: Any) -> Any:
+    try:
+        res = httpx.request(method, f"{url}{path}", headers=_headers(), timeout=30, **kw)
+    except httpx.HTTPError as err:
+        raise click.ClickException(
+            f"cannot reach the orchestrator at {url}: {err} (is `durable dev` running?)"
+        ) from None
+    try:
+        body = res.json()
+    except ValueError:
+        body = {"error": res.text}
+    if res.status_code >= 400:
+        raise click.ClickException(f"HTTP {res.status_code}: {body.get('error', body)}")
+    return body
+
+
+@click.group()
+@click.version_option("0.1.0", prog_name="durable")
+def main() -> None:
+    """Durable functions: the orchestrator and its tools."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8288, show_default=True, type=int)
+@click.option(
+    "-u", "--app-url", "app_urls", multiple=True, help="Serve URL of an app to sync (repeatable)."
+)
+@click.option("--db", default=".durable/dev.db", show_default=True, help="SQLite file.")
+@click.option(
+    "--fast-retries",
+    is_flag=True,
+    help="Retry failed steps after 50 ms, 100 ms, ... instead of 15 s, 30 s, ...",
+)
+@click.option("--log-level", default="info", show_default=True)
+def dev(
+    host: str, port: int, app_urls: tuple[str, ...], db: str, fast_retries: bool, log_level: str
+) -> None:
+    """Run the orchestrator standalone for development: any event key, no signatures."""
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from .orchestrator.api import Api
+    from .orchestrator.runtime import Orchestrator
+    from .orchestrator.sqlite_store import SqliteStore
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    backoff = FAST_BACKOFF if fast_retries else DEFAULT_BACKOFF
+    orch = Orchestrator(SqliteStore(db), backoff=backoff)
+
+    async def sync_apps() -> None:
+        pending = list(app_urls)
+        deadline = time.monotonic() + 300
+        async with httpx.AsyncClient(timeout=10) as client:
+            while pending and time.monotonic() < deadline:
+                for url in list(pending):
+                    with contextlib.suppress(httpx.HTTPError):
+                        res = await client.put(url)
+                        if res.status_code < 400:
+                            click.echo(f"synced {url}")
+                            pending.remove(url)
+                        else:
+                            click.echo(
+                                f"sync of {url} answered {res.status_code}: {res.text[:200]}"
+                            )
+                if pending:
+                    await asyncio.sleep(0.5)
+        for url in pending:
+            click.echo(f"could not sync {url}; is the app running?", err=True)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        await orch.start()
+        syncing = asyncio.create_task(sync_apps())
+        try:
+            yield
+        finally:
+            syncing.cancel()
+            await orch.stop()
+
+    api = Starlette(routes=Api(orch).routes(), lifespan=lifespan)
+    click.echo(f"durable dev: http://{host}:{port} (API /v1, events /e/<any key>, store {db})")
+    uvicorn.run(api, host=host, port=port, log_level="warning")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--data", default="{}", help="Event data as a JSON object.")
+@click.option("--id", "event_id", default=None, help="Idempotency id.")
+@click.option(
+    "--url",
+    default=None,
+    help="Orchestrator URL (default $DURABLE_ORCHESTRATOR_URL or the dev server).",
+)
+def send(name: str, data: str, event_id: str | None, url: str | None) -> None:
+    """Send an event."""
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as err:
+        raise click.BadParameter(f"not JSON: {err}", param_hint="--data") from None
+    event: dict[str, Any] = {"name": name, "data": payload}
+    if event_id:
+        event["id"] = event_id
+    key = os.environ.get("DURABLE_EVENT_KEY", "dev")
+    body = _call("POST", f"/e/{key}", url or _url(), json=event)
+    click.echo(f"sent {name}: {', '.join(body['ids'])}")
+
+
+def _when(iso: str | None) -> str:
+    return iso.replace("T", " ")[:23] if iso else "-"
+
+
+@main.command()
+@click.option("--function", "function_id", default=None, help="Only runs of this function id.")
+@click.option(
+    "--status",
+    default=None,
+    help="queued, running, sleeping, waiting, completed, failed or cancelled.",
+)
+@click.option("--limit", default=20, show_default=True)
+@click.option("--url", default=None)
+def runs(function_id: str | None, status: str | None, limit: int, url: str | None) -> None:
+    """List runs, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if function_id:
+        params["function_id"] = function_id
+    if status:
+        params["status"] = status
+    rows = _call("GET", "/v1/runs", url or _url(), params=params)["data"]
+    if not rows:
+        click.echo("no runs")
+        return
+    click.echo(f"{'RUN':<27} {'FUNCTION':<32} {'STATUS':<10} {'CREATED':<24} REASON")
+    for r in rows:
+        click.echo(
+            f"{r['run_id']:<27} {r['function_id']:<32} {r['status']:<10} {_when(r['created_at']):<24} {r['reason'] or ''}"
+        )
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--url", default=None)
+def run(run_id: str, url: str | None) -> None:
+    """Show one run with its steps."""
+    r = _call("GET", f"/v1/runs/{run_id}", url or _url())
+    click.echo(
+        f"run       {r['run_id']}\nfunction  {r['function_id']}\nstatus    {r['status']}"
+        + (f" ({r['reason']})" if r["reason"] else "")
+    )
+    click.echo(
+        f"created   {_when(r['created_at'])}\nended     {_when(r['ended_at'])}\nevent     {json.dumps(r['event'])}"
+    )
+    click.echo(f"\n{'STEP':<24} {'OP':<14} {'TRY':>3} {'MS':>7}  RESULT")
+    for s in r["steps"]:
+        result = s["error"] if s["error"] else s["output"]
+        text = json.dumps(result)
+        text = text if len(text) < 70 else text[:67] + "..."
+        ms = "" if s["duration_ms"] is None else str(s["duration_ms"])
+        click.echo(f"{s['name'][:24]:<24} {s['op']:<14} {s['attempt']:>3} {ms:>7}  {text}")
+    if r["status"] == "completed":
+        click.echo(f"\noutput    {json.dumps(r['output'])}")
+    elif r["error"]:
+        click.echo(f"\nerror     {r['error'].get('name')}: {r['error'].get('message')}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--url", default=None)
+def cancel(run_id: str, url: str | None) -> None:
+    """Cancel a run."""
+    r = _call("POST", f"/v1/runs/{run_id}/cancel", url or _url())
+    click.echo(f"run {r['run_id']} is {r['status']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Embedded mode: the orchestrator runs inside the app's process, on SQLite under `.durable/`,
+calling the app's functions in-process. Adapters start and stop it with the app.
+
+Without a signing key and without dev mode, a key is generated once and kept in
+`.durable/signing-key`, so the app's endpoint still refuses unsigned requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from starlette.types import Receive, Scope, Send
+
+from ..errors import DurableError
+from ..events import Event
+from ..function import Durable
+from .api import Api, run_json
+from .core import DEFAULT_BACKOFF
+from .runtime import Orchestrator
+from .sqlite_store import SqliteStore
+
+T = TypeVar("T")
+_log = logging.getLogger("durable.orchestrator")
+DEFAULT_DIRECTORY = ".durable"
+API_PATH = "/durable"
+
+
+def load_or_create_key(directory: str) -> str:
+    path = os.path.join(directory, "signing-key")
+    if os.path.exists(path):
+        with open(path) as fh:
+            return fh.read().strip()
+    os.makedirs(directory, exist_ok=True)
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key
+
+
+class Embedded:
+    """The orchestrator of one app, in the app's process."""
+
+    def __init__(
+        self,
+        durable: Durable,
+        *,
+        directory: str | None = None,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
+        concurrency: int = 64,
+    ) -> None:
+        self.durable = durable
+        self.directory = directory or os.environ.get("DURABLE_DIR") or DEFAULT_DIRECTORY
+        self.backoff = backoff
+        self.concurrency = concurrency
+        if not durable.dev and not durable.signing_key:
+            durable.signing_key = load_or_create_key(self.directory)
+        self.orchestrator: Orchestrator | None = None
+        self._asgi: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
+
+    @property
+    def db_path(self) -> str:
+        return os.path.join(self.directory, "durable.db")
+
+    async def start(self) -> Orchestrator:
+        d = self.durable
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        production = not d.dev
+        orch = Orchestrator(
+            SqliteStore(self.db_path),
+            signing_key=d.signing_key if production else None,
+            event_keys=([d.event_key] if d.event_key else []) if production else None,
+            backoff=self.backoff,
+            concurrency=self.concurrency,
+        )
+        url = orch.inproc.add(d)
+        configs = [cfg for fn in d.functions for cfg in fn.configs(url)]
+        await orch.start()
+        await orch.register(
+            {
+                "appname": d.app_id,
+                "url": url,
+                "sdk": "durable-py",
+                "framework": "embedded",
+                "functions": configs,
+            }
+        )
+        self.orchestrator = orch
+        self._asgi = Api(orch).app()
+        d.local = self
+        _log.info("embedded orchestrator started (%s, %d functions)", self.db_path, len(configs))
+        return orch
+
+    async def stop(self) -> None:
+        if self.orchestrator is not None:
+            await self.orchestrator.stop()
+            self.orchestrator = None
+        self._asgi = None
+        if self.durable.local is self:
+            self.durable.local = None
+
+    # -- the client calls of `Durable` ------------------------------------------------------
+
+    def _orch(self) -> Orchestrator:
+        if self.orchestrator is None:
+            raise DurableError("the embedded orchestrator is not running: start the app first")
+        return self.orchestrator
+
+    async def send(self, events: list[Event]) -> list[str]:
+        return await self._orch().send(events)
+
+    async def invoke(self, fn_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        orch = self._orch()
+        try:
+            run_id = await orch.invoke(fn_id, body.get("data") or {})
+        except KeyError:
+            raise DurableError(f"no function {fn_id!r} is registered") from None
+        if not body.get("wait"):
+            return {"run_id": run_id}
+        run = await orch.wait_for_run(run_id, float(body.get("timeout", 30.0)))
+        assert run is not None
+        return run_json(run)
+
+    def call_blocking(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:
+            coro.close()
+            raise DurableError("the embedded orchestrator is not running: start the app first")
+        if threading.get_ident() == self._thread:
+            coro.close()
+            raise DurableError(
+                "this blocking call would stall the event loop: in async code use "
+                "`await durable.send_async(...)` / `await durable.invoke_async(...)`"
+            )
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    # -- the API, mounted in the app --------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._asgi is None:
+            if scope["type"] != "http":
+                return
+            body = json.dumps({"error": "the embedded orchestrator is not running yet"}).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self._asgi(scope, receive, send)

@@ -1,0 +1,391 @@
+"""The orchestrator at run time: a dispatcher claims due queue items and workers call apps.
+
+New work wakes the dispatcher at once; otherwise it sleeps until the next item is due, so
+timers fire on time without polling. Items are claimed under a lease that is renewed while a
+call runs; on start, work left in flight by a crashed process is taken up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import pydantic
+
+from ..errors import ConfigError
+from ..events import Event
+from .core import DEFAULT_BACKOFF, Machine
+from .store import (
+    AppRecord,
+    FunctionRecord,
+    HistoryRecord,
+    ItemKind,
+    QueueItem,
+    RunRecord,
+    RunStatus,
+    Store,
+    now_ms,
+)
+from .transport import CallResult, HttpTransport, InProcessTransport
+
+_log = logging.getLogger("durable.orchestrator")
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+class RunCancelledError(Exception):
+    """A checkpoint arrived for a run that was cancelled; the request stops."""
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        signing_key: str | None = None,
+        event_keys: Sequence[str] | None = None,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
+        concurrency: int = 64,
+        lease_ms: int = 30_000,
+        poll_interval: float = 1.0,
+        request_timeout: float = 300.0,
+    ) -> None:
+        self.store = store
+        self.signing_key = signing_key
+        self.event_keys = set(event_keys) if event_keys is not None else None
+        self.concurrency = concurrency
+        self.lease_ms = lease_ms
+        self.poll_interval = poll_interval
+        self.inproc = InProcessTransport()
+        self.http = HttpTransport(signing_key=signing_key, timeout=request_timeout)
+        self.machine = Machine({}, backoff)
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._listeners: list[Listener] = []
+        self._run_waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    @property
+    def production(self) -> bool:
+        return self.signing_key is not None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with self.store.transaction() as tx:
+            functions = await tx.list_functions()
+            released = await tx.release_leases()
+        self.machine.functions = {f.fn_id: f for f in functions}
+        self.machine.reindex()
+        if released:
+            _log.info("resuming %d queue item(s) left in flight", released)
+        self._stopping = False
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="durable-dispatcher")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        for task in list(self._inflight):
+            task.cancel()
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        await self.http.aclose()
+        await self.store.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def on_change(self, listener: Listener) -> None:
+        """Call `listener(kind, details)` on step and run changes (for progress output)."""
+        self._listeners.append(listener)
+
+    def _emit(self, kind: str, details: dict[str, Any]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(kind, details)
+            except Exception:
+                _log.exception("a change listener failed")
+
+    # -- registration -----------------------------------------------------------------------
+
+    async def register(self, body: dict[str, Any]) -> bool:
+        """Store an app and its functions (body as POSTed to /fn/register)."""
+        app_id = str(body["appname"])
+        functions = [
+            FunctionRecord(str(f["id"]), app_id, str(f.get("name") or f["id"]), f)
+            for f in body["functions"]
+        ]
+        app = AppRecord(
+            app_id,
+            str(body.get("url", "")),
+            str(body.get("sdk", "")),
+            str(body.get("framework", "")),
+            now_ms(),
+        )
+        async with self.store.transaction() as tx:
+            modified = await tx.upsert_app(app, functions)
+        for fn_id in [k for k, f in self.machine.functions.items() if f.app_id == app_id]:
+            del self.machine.functions[fn_id]
+        self.machine.functions.update({f.fn_id: f for f in functions})
+        self.machine.reindex()
+        return modified
+
+    # -- intake -----------------------------------------------------------------------------
+
+    async def send(self, events: Sequence[Event]) -> list[str]:
+        async with self.store.transaction() as tx:
+            ids = await self.machine.ingest(tx, list(events))
+        self._wake.set()
+        return ids
+
+    async def invoke(self, fn_id: str, data: dict[str, Any]) -> str:
+        fn = self.machine.functions.get(fn_id)
+        if fn is None:
+            raise KeyError(fn_id)
+        event = {"name": "inngest/function.invoked", "data": data, "ts": now_ms()}
+        async with self.store.transaction() as tx:
+            run_id = await self.machine.start_run(tx, fn, [event])
+        self._wake.set()
+        return run_id
+
+    async def signal(self, name: str, data: Any) -> str | None:
+        async with self.store.transaction() as tx:
+            found = await tx.take_signal(name)
+            if found is not None:
+                await self.machine.resolve(tx, found[0], found[1], {"signal": name, "data": data})
+        self._wake.set()
+        return None if found is None else found[0]
+
+    async def cancel(
+        self, run_id: str, reason: str = "cancelled through the API"
+    ) -> RunRecord | None:
+        async with self.store.transaction() as tx:
+            run = await tx.get_run(run_id)
+            if run is not None and not run.status.finished:
+                await self.machine.finish(tx, run, RunStatus.CANCELLED, reason=reason)
+                run = await tx.get_run(run_id)
+        self._wake.set()
+        self._settled(run_id)
+        return run
+
+    async def rerun(self, run_id: str) -> str | None:
+        async with self.store.transaction() as tx:
+            run = await tx.get_run(run_id)
+            fn = self.machine.functions.get(run.fn_id) if run else None
+            if run is None or fn is None:
+                return None
+            new = await self.machine.start_run(tx, fn, run.events)
+        self._wake.set()
+        return new
+
+    async def wait_for_run(self, run_id: str, timeout: float | None) -> RunRecord | None:
+        """The run once it has finished (or as it is when `timeout` seconds pass)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._run_waiters.setdefault(run_id, []).append(fut)
+        try:
+            async with self.store.transaction() as tx:
+                run = await tx.get_run(run_id)
+            if run is None or run.status.finished:
+                return run
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, timeout)
+        finally:
+            waiters = self._run_waiters.get(run_id, [])
+            if fut in waiters:
+                waiters.remove(fut)
+            if not waiters:
+                self._run_waiters.pop(run_id, None)
+        async with self.store.transaction() as tx:
+            return await tx.get_run(run_id)
+
+    def _settled(self, run_id: str) -> None:
+        for fut in self._run_waiters.pop(run_id, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    # -- dispatching ------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while not self._stopping:
+            free = self.concurrency - len(self._inflight)
+            items: list[QueueItem] = []
+            if free > 0:
+                try:
+                    async with self.store.transaction() as tx:
+                        items = await tx.claim(now_ms(), free, self.lease_ms)
+                        nxt = await tx.next_available_at()
+                except Exception:
+                    _log.exception("claiming work failed; retrying")
+                    nxt = None
+                for item in items:
+                    task = asyncio.create_task(self._process(item))
+                    self._inflight.add(task)
+                    task.add_done_callback(self._done)
+                if len(items) == free:
+                    continue
+            else:
+                nxt = None
+            delay = self.poll_interval
+            if nxt is not None:
+                delay = min(delay, max(0.0, (nxt - now_ms()) / 1000))
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("processing a queue item failed", exc_info=task.exception())
+        self._wake.set()
+
+    async def _process(self, item: QueueItem) -> None:
+        if item.kind is ItemKind.RESUME:
+            async with self.store.transaction() as tx:
+                await self.machine.resume(tx, item)
+            self._wake.set()
+            return
+        async with self.store.transaction() as tx:
+            run = await tx.get_run(item.run_id)
+            if run is None or run.status.finished:
+                await tx.delete_item(item.id)
+                return
+            fn = self.machine.functions.get(run.fn_id)
+            if fn is None:
+                await self.machine.finish(tx, run, RunStatus.FAILED, error={
+                    "name": "FunctionNotFound",
+                    "message": f"function {run.fn_id} is no longer registered; sync its app and rerun",
+                    "stack": None,
+                })  # fmt: skip
+                self._settled(run.run_id)
+                return
+            memos = await tx.get_memos(run.run_id)
+            started = now_ms()
+            if run.started_at is None or run.status is RunStatus.QUEUED:
+                await tx.update_run(
+                    run.run_id, status=RunStatus.RUNNING, started_at=run.started_at or started
+                )
+        request = self.machine.request_body(run, item, memos)
+        result = await self._call(fn, item, request)
+        async with self.store.transaction() as tx:
+            current = await tx.get_run(run.run_id)
+            if current is None or current.status.finished:
+                await tx.delete_item(item.id)
+                return
+            await self.machine.apply(tx, item, current, result, started)
+            after = await tx.get_run(run.run_id)
+        self._wake.set()
+        self._report(fn, item, result, after)
+
+    async def _call(
+        self, fn: FunctionRecord, item: QueueItem, request: dict[str, Any]
+    ) -> CallResult:
+        target = item.step if item.kind is ItemKind.STEP else None
+        renew = asyncio.create_task(self._renew(item))
+        try:
+            if self.inproc.serves(fn.url):
+                return await self.inproc.call(
+                    fn, target, request, self._checkpointer(item.run_id, fn)
+                )
+            return await self.http.call(fn, target, request, None)
+        except Exception as err:
+            _log.exception("calling %s failed", fn.fn_id)
+            return CallResult(500, {}, {"name": type(err).__name__, "message": str(err)})
+        finally:
+            renew.cancel()
+
+    async def _renew(self, item: QueueItem) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            async with self.store.transaction() as tx:
+                await tx.extend_lease(item.id, now_ms() + self.lease_ms)
+
+    def _checkpointer(
+        self, run_id: str, fn: FunctionRecord
+    ) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        async def checkpoint(op: dict[str, Any]) -> None:
+            now = now_ms()
+            async with self.store.transaction() as tx:
+                run = await tx.get_run(run_id)
+                if run is None or run.status.finished:
+                    raise RunCancelledError(
+                        f"run {run_id} has ended ({run.status if run else 'gone'})"
+                    )
+                await tx.put_memo(run_id, op["id"], {"data": op.get("data")})
+                await tx.add_history(
+                    HistoryRecord(
+                        run_id, op["id"], op["displayName"], op["op"], 0, now, now, op.get("data")
+                    )
+                )
+            self._emit(
+                "step",
+                {
+                    "run_id": run_id,
+                    "fn_id": fn.fn_id,
+                    "step": op["displayName"],
+                    "op": op["op"],
+                    "data": op.get("data"),
+                },
+            )
+
+        return checkpoint
+
+    def _report(
+        self, fn: FunctionRecord, item: QueueItem, result: CallResult, run: RunRecord | None
+    ) -> None:
+        if isinstance(result.body, list):
+            for op in result.body:
+                if isinstance(op, dict):
+                    self._emit(
+                        "step",
+                        {
+                            "run_id": item.run_id,
+                            "fn_id": fn.fn_id,
+                            "step": op.get("displayName"),
+                            "op": op.get("op"),
+                            "data": op.get("data"),
+                            "error": op.get("error"),
+                        },
+                    )
+        if run is not None and run.status.finished:
+            self._emit(
+                "run",
+                {
+                    "run_id": run.run_id,
+                    "fn_id": run.fn_id,
+                    "status": run.status.value,
+                    "output": run.output,
+                    "error": run.error,
+                },
+            )
+            self._settled(run.run_id)
+
+
+def parse_events(body: Any) -> list[Event]:
+    """Events from a request body (one object or a list), or ValueError naming the bad field."""
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        raise ValueError("no events: send one event object or a non-empty array")
+    events = []
+    for i, raw in enumerate(items):
+        where = f"events[{i}]" if isinstance(body, list) else "event"
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: must be a JSON object with a 'name'")
+        try:
+            events.append(Event.model_validate(raw))
+        except pydantic.ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "event"
+            raise ValueError(f"{where}.{field}: {first['msg']}") from None
+    return events
+
+
+__all__ = ["ConfigError", "Orchestrator", "RunCancelledError", "parse_events"]

@@ -1,0 +1,481 @@
+"""The SQLite store: stdlib `sqlite3` in WAL mode, versioned migrations, one owner process.
+
+Transactions are `BEGIN IMMEDIATE ... COMMIT` on one connection, serialized by a lock; with
+`synchronous=NORMAL` a committed transaction survives the process being killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ..errors import ConfigError
+from . import expressions
+from .store import (
+    AppRecord,
+    EventRecord,
+    FunctionRecord,
+    HistoryRecord,
+    ItemKind,
+    QueueItem,
+    RunFilter,
+    RunRecord,
+    RunStatus,
+    Store,
+    Tx,
+    WaitRecord,
+    now_ms,
+)
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE apps (app_id TEXT PRIMARY KEY, url TEXT NOT NULL, sdk TEXT NOT NULL,
+        framework TEXT NOT NULL, updated_at INTEGER NOT NULL);
+    CREATE TABLE functions (fn_id TEXT PRIMARY KEY, app_id TEXT NOT NULL, name TEXT NOT NULL,
+        config TEXT NOT NULL);
+    CREATE TABLE events (internal_id TEXT PRIMARY KEY, name TEXT NOT NULL, data TEXT NOT NULL,
+        event_id TEXT NOT NULL, ts INTEGER NOT NULL, received_at INTEGER NOT NULL, raw TEXT NOT NULL);
+    CREATE INDEX events_by_name ON events (name, received_at);
+    CREATE INDEX events_by_time ON events (received_at);
+    CREATE TABLE keys (scope TEXT NOT NULL, key TEXT NOT NULL, expires_at INTEGER NOT NULL,
+        PRIMARY KEY (scope, key));
+    CREATE TABLE runs (run_id TEXT PRIMARY KEY, fn_id TEXT NOT NULL, app_id TEXT NOT NULL,
+        status TEXT NOT NULL, events TEXT NOT NULL, created_at INTEGER NOT NULL,
+        started_at INTEGER, ended_at INTEGER, output TEXT, error TEXT, parent_run_id TEXT,
+        parent_step TEXT, reason TEXT, batch_parallel INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX runs_by_fn ON runs (fn_id, created_at);
+    CREATE INDEX runs_by_time ON runs (created_at);
+    CREATE INDEX runs_unfinished ON runs (status) WHERE status NOT IN ('completed','failed','cancelled');
+    CREATE TABLE memos (run_id TEXT NOT NULL, step TEXT NOT NULL, memo TEXT,
+        PRIMARY KEY (run_id, step)) WITHOUT ROWID;
+    CREATE TABLE pending (run_id TEXT NOT NULL, step TEXT NOT NULL, PRIMARY KEY (run_id, step))
+        WITHOUT ROWID;
+    CREATE TABLE history (id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, step TEXT NOT NULL,
+        name TEXT NOT NULL, op TEXT NOT NULL, attempt INTEGER NOT NULL, started_at INTEGER NOT NULL,
+        ended_at INTEGER, output TEXT, error TEXT);
+    CREATE INDEX history_by_run ON history (run_id, id);
+    CREATE TABLE queue (id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, kind TEXT NOT NULL,
+        step TEXT, attempt INTEGER NOT NULL, available_at INTEGER NOT NULL, payload TEXT,
+        lease_until INTEGER);
+    CREATE INDEX queue_ready ON queue (available_at, id);
+    CREATE INDEX queue_by_run ON queue (run_id);
+    CREATE TABLE waits (run_id TEXT NOT NULL, step TEXT NOT NULL, event_name TEXT NOT NULL,
+        expression TEXT, trigger_event TEXT NOT NULL, expires_at INTEGER NOT NULL,
+        key_path TEXT, key_value TEXT, PRIMARY KEY (run_id, step));
+    CREATE INDEX waits_by_key ON waits (event_name, key_path, key_value);
+    CREATE TABLE signals (signal TEXT PRIMARY KEY, run_id TEXT NOT NULL, step TEXT NOT NULL);
+    """,
+]
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        run_id=row["run_id"],
+        fn_id=row["fn_id"],
+        app_id=row["app_id"],
+        status=RunStatus(row["status"]),
+        events=json.loads(row["events"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        output=_load(row["output"]),
+        error=_load(row["error"]),
+        parent_run_id=row["parent_run_id"],
+        parent_step=row["parent_step"],
+        reason=row["reason"],
+        batch_parallel=bool(row["batch_parallel"]),
+    )
+
+
+_RUN_JSON = {"events", "output", "error"}
+
+
+class SqliteTx(Tx):
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return self.db.execute(sql, args).fetchall()
+
+    async def upsert_app(self, app: AppRecord, functions: list[FunctionRecord]) -> bool:
+        before = {
+            r["fn_id"]: r["config"]
+            for r in self._all("SELECT fn_id, config FROM functions WHERE app_id=?", (app.app_id,))
+        }
+        after = {f.fn_id: _dump(f.config) for f in functions}
+        old_app = self._all("SELECT url FROM apps WHERE app_id=?", (app.app_id,))
+        self.db.execute(
+            "INSERT INTO apps VALUES (?,?,?,?,?) ON CONFLICT (app_id) DO UPDATE SET url=excluded.url,"
+            " sdk=excluded.sdk, framework=excluded.framework, updated_at=excluded.updated_at",
+            (app.app_id, app.url, app.sdk, app.framework, app.updated_at),
+        )
+        self.db.execute("DELETE FROM functions WHERE app_id=?", (app.app_id,))
+        self.db.executemany(
+            "INSERT OR REPLACE INTO functions VALUES (?,?,?,?)",
+            [(f.fn_id, f.app_id, f.name, after[f.fn_id]) for f in functions],
+        )
+        return before != after or not old_app or old_app[0]["url"] != app.url
+
+    async def list_apps(self) -> list[AppRecord]:
+        return [AppRecord(**dict(r)) for r in self._all("SELECT * FROM apps ORDER BY app_id")]
+
+    async def list_functions(self) -> list[FunctionRecord]:
+        rows = self._all("SELECT * FROM functions ORDER BY fn_id")
+        return [
+            FunctionRecord(r["fn_id"], r["app_id"], r["name"], json.loads(r["config"]))
+            for r in rows
+        ]
+
+    async def insert_event(self, event: EventRecord) -> None:
+        self.db.execute(
+            "INSERT INTO events VALUES (?,?,?,?,?,?,?)",
+            (
+                event.internal_id,
+                event.name,
+                _dump(event.data),
+                event.event_id,
+                event.ts,
+                event.received_at,
+                _dump(event.raw),
+            ),
+        )
+
+    async def list_events(
+        self, name: str | None, limit: int, before: int | None
+    ) -> list[EventRecord]:
+        sql, args = "SELECT * FROM events WHERE 1=1", list[Any]()
+        if name:
+            sql += " AND name=?"
+            args.append(name)
+        if before is not None:
+            sql += " AND received_at<?"
+            args.append(before)
+        sql += " ORDER BY received_at DESC, internal_id DESC LIMIT ?"
+        args.append(limit)
+        return [
+            EventRecord(
+                r["internal_id"],
+                r["name"],
+                json.loads(r["data"]),
+                r["event_id"],
+                r["ts"],
+                r["received_at"],
+                json.loads(r["raw"]),
+            )
+            for r in self._all(sql, tuple(args))
+        ]
+
+    async def claim_key(self, scope: str, key: str, expires_at: int) -> bool:
+        now = now_ms()
+        cur = self.db.execute(
+            "INSERT INTO keys VALUES (?,?,?) ON CONFLICT (scope, key) DO UPDATE SET expires_at=excluded.expires_at"
+            " WHERE keys.expires_at<=?",
+            (scope, key, expires_at, now),
+        )
+        return cur.rowcount == 1
+
+    async def insert_run(self, run: RunRecord) -> None:
+        self.db.execute(
+            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                run.run_id, run.fn_id, run.app_id, run.status.value, _dump(run.events), run.created_at,
+                run.started_at, run.ended_at, None if run.output is None else _dump(run.output),
+                None if run.error is None else _dump(run.error), run.parent_run_id, run.parent_step,
+                run.reason, int(run.batch_parallel),
+            ),
+        )  # fmt: skip
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        rows = self._all("SELECT * FROM runs WHERE run_id=?", (run_id,))
+        return _run(rows[0]) if rows else None
+
+    async def update_run(self, run_id: str, **fields: Any) -> None:
+        cols, args = [], []
+        for key, value in fields.items():
+            cols.append(f"{key}=?")
+            if key in _RUN_JSON:
+                value = None if value is None else _dump(value)
+            elif isinstance(value, RunStatus):
+                value = value.value
+            elif isinstance(value, bool):
+                value = int(value)
+            args.append(value)
+        self.db.execute(f"UPDATE runs SET {', '.join(cols)} WHERE run_id=?", (*args, run_id))
+
+    async def list_runs(self, flt: RunFilter) -> list[RunRecord]:
+        sql, args = "SELECT * FROM runs WHERE 1=1", list[Any]()
+        if flt.fn_id:
+            sql += " AND fn_id=?"
+            args.append(flt.fn_id)
+        if flt.status:
+            sql += " AND status=?"
+            args.append(flt.status.value)
+        if flt.before is not None:
+            sql += " AND created_at<?"
+            args.append(flt.before)
+        sql += " ORDER BY created_at DESC, run_id DESC LIMIT ?"
+        args.append(flt.limit)
+        return [_run(r) for r in self._all(sql, tuple(args))]
+
+    async def unfinished_runs(self) -> list[RunRecord]:
+        rows = self._all(
+            "SELECT * FROM runs WHERE status NOT IN ('completed','failed','cancelled')"
+        )
+        return [_run(r) for r in rows]
+
+    async def put_memo(self, run_id: str, step: str, memo: Any) -> bool:
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO memos VALUES (?,?,?)", (run_id, step, _dump(memo))
+        )
+        return cur.rowcount == 1
+
+    async def get_memos(self, run_id: str) -> dict[str, Any]:
+        rows = self.db.execute("SELECT step, memo FROM memos WHERE run_id=?", (run_id,)).fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    async def add_pending(self, run_id: str, steps: list[str]) -> None:
+        self.db.executemany(
+            "INSERT OR IGNORE INTO pending VALUES (?,?)", [(run_id, s) for s in steps]
+        )
+
+    async def remove_pending(self, run_id: str, step: str) -> int:
+        cur = self.db.execute("DELETE FROM pending WHERE run_id=? AND step=?", (run_id, step))
+        if cur.rowcount == 0:
+            return -1
+        return int(
+            self.db.execute("SELECT count(*) FROM pending WHERE run_id=?", (run_id,)).fetchone()[0]
+        )
+
+    async def clear_pending(self, run_id: str) -> None:
+        self.db.execute("DELETE FROM pending WHERE run_id=?", (run_id,))
+
+    async def add_history(self, rec: HistoryRecord) -> None:
+        self.db.execute(
+            "INSERT INTO history (run_id, step, name, op, attempt, started_at, ended_at, output, error)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                rec.run_id, rec.step, rec.name, rec.op, rec.attempt, rec.started_at, rec.ended_at,
+                None if rec.output is None else _dump(rec.output),
+                None if rec.error is None else _dump(rec.error),
+            ),
+        )  # fmt: skip
+
+    async def end_history(self, run_id: str, step: str, ended_at: int, output: Any) -> None:
+        self.db.execute(
+            "UPDATE history SET ended_at=?, output=? WHERE id=(SELECT max(id) FROM history"
+            " WHERE run_id=? AND step=? AND ended_at IS NULL)",
+            (ended_at, None if output is None else _dump(output), run_id, step),
+        )
+
+    async def get_history(self, run_id: str) -> list[HistoryRecord]:
+        rows = self._all("SELECT * FROM history WHERE run_id=? ORDER BY id", (run_id,))
+        return [
+            HistoryRecord(
+                run_id=r["run_id"], step=r["step"], name=r["name"], op=r["op"], attempt=r["attempt"],
+                started_at=r["started_at"], ended_at=r["ended_at"], output=_load(r["output"]),
+                error=_load(r["error"]), id=r["id"],
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    async def enqueue(
+        self,
+        run_id: str,
+        kind: ItemKind,
+        *,
+        step: str | None = None,
+        attempt: int = 0,
+        available_at: int | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> int:
+        cur = self.db.execute(
+            "INSERT INTO queue (run_id, kind, step, attempt, available_at, payload) VALUES (?,?,?,?,?,?)",
+            (
+                run_id,
+                kind.value,
+                step,
+                attempt,
+                available_at or now_ms(),
+                None if payload is None else _dump(payload),
+            ),
+        )
+        return int(cur.lastrowid or 0)
+
+    async def claim(self, now: int, limit: int, lease_ms: int) -> list[QueueItem]:
+        rows = self._all(
+            "UPDATE queue SET lease_until=? WHERE id IN (SELECT id FROM queue WHERE available_at<=?"
+            " AND (lease_until IS NULL OR lease_until<?) ORDER BY available_at, id LIMIT ?) RETURNING *",
+            (now + lease_ms, now, now, limit),
+        )
+        items = [
+            QueueItem(
+                r["id"],
+                r["run_id"],
+                ItemKind(r["kind"]),
+                r["step"],
+                r["attempt"],
+                r["available_at"],
+                _load(r["payload"]),
+            )
+            for r in rows
+        ]
+        items.sort(key=lambda i: (i.available_at, i.id))
+        return items
+
+    async def extend_lease(self, item_id: int, until: int) -> None:
+        self.db.execute("UPDATE queue SET lease_until=? WHERE id=?", (until, item_id))
+
+    async def delete_item(self, item_id: int) -> None:
+        self.db.execute("DELETE FROM queue WHERE id=?", (item_id,))
+
+    async def delete_run_items(self, run_id: str) -> None:
+        self.db.execute("DELETE FROM queue WHERE run_id=?", (run_id,))
+
+    async def next_available_at(self) -> int | None:
+        row = self.db.execute(
+            "SELECT min(max(available_at, coalesce(lease_until, 0))) FROM queue"
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    async def release_leases(self) -> int:
+        return self.db.execute(
+            "UPDATE queue SET lease_until=NULL WHERE lease_until IS NOT NULL"
+        ).rowcount
+
+    async def add_wait(self, wait: WaitRecord, index: tuple[str, str] | None) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO waits VALUES (?,?,?,?,?,?,?,?)",
+            (
+                wait.run_id, wait.step, wait.event_name, wait.expression, _dump(wait.trigger_event),
+                wait.expires_at, index[0] if index else None, index[1] if index else None,
+            ),
+        )  # fmt: skip
+
+    async def candidate_waits(self, event: dict[str, Any]) -> list[WaitRecord]:
+        name = event["name"]
+        paths = [r[0] for r in self.db.execute(
+            "SELECT DISTINCT key_path FROM waits WHERE event_name=? AND key_path IS NOT NULL", (name,)
+        ).fetchall()]  # fmt: skip
+        rows = self._all("SELECT * FROM waits WHERE event_name=? AND key_path IS NULL", (name,))
+        for path in paths:
+            value = expressions.event_value(event, path)
+            if value is not None:
+                rows += self._all(
+                    "SELECT * FROM waits WHERE event_name=? AND key_path=? AND key_value=?",
+                    (name, path, value),
+                )
+        return [
+            WaitRecord(
+                r["run_id"],
+                r["step"],
+                r["event_name"],
+                r["expression"],
+                json.loads(r["trigger_event"]),
+                r["expires_at"],
+            )
+            for r in rows
+        ]
+
+    async def remove_wait(self, run_id: str, step: str) -> bool:
+        return (
+            self.db.execute("DELETE FROM waits WHERE run_id=? AND step=?", (run_id, step)).rowcount
+            == 1
+        )
+
+    async def remove_run_waits(self, run_id: str) -> None:
+        self.db.execute("DELETE FROM waits WHERE run_id=?", (run_id,))
+        self.db.execute("DELETE FROM signals WHERE run_id=?", (run_id,))
+
+    async def add_signal(self, signal: str, run_id: str, step: str, replace: bool) -> bool:
+        if replace:
+            self.db.execute("INSERT OR REPLACE INTO signals VALUES (?,?,?)", (signal, run_id, step))
+            return True
+        return (
+            self.db.execute(
+                "INSERT OR IGNORE INTO signals VALUES (?,?,?)", (signal, run_id, step)
+            ).rowcount
+            == 1
+        )
+
+    async def take_signal(self, signal: str) -> tuple[str, str] | None:
+        row = self.db.execute(
+            "DELETE FROM signals WHERE signal=? RETURNING run_id, step", (signal,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    async def remove_signal(self, run_id: str, step: str) -> bool:
+        cur = self.db.execute("DELETE FROM signals WHERE run_id=? AND step=?", (run_id, step))
+        return cur.rowcount == 1
+
+
+class SqliteStore(Store):
+    """SQLite at `path` (':memory:' for a throwaway store). One orchestrator process owns a file."""
+
+    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self._lock_file = None
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._lock_file = open(path + ".lock", "w")  # noqa: SIM115 - held for the store's life
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock_file.close()
+                raise ConfigError(
+                    f"another orchestrator process already uses {path}; stop it, or give this one "
+                    "its own database (a SQLite store has one owner; use PostgreSQL to share)"
+                ) from None
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+        self._lock = asyncio.Lock()
+
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = self.db.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        async with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield SqliteTx(self.db)
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    async def close(self) -> None:
+        self.db.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None

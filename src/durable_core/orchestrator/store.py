@@ -1,0 +1,263 @@
+"""The store interface: what the orchestrator keeps, and the transactions it needs.
+
+Every state change that must survive a crash happens inside one `transaction()`. A database
+is one small module implementing `Store` and `Tx` (SQLite: `sqlite_store.py`).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class ItemKind(enum.StrEnum):
+    DISCOVERY = "discovery"  # call the function (stepId=step)
+    STEP = "step"  # run one planned step (stepId=<hashed id>)
+    RESUME = "resume"  # a timer: store `payload.memo` for `step` unless already resolved
+
+
+@dataclasses.dataclass(slots=True)
+class AppRecord:
+    app_id: str
+    url: str
+    sdk: str
+    framework: str
+    updated_at: int
+
+
+@dataclasses.dataclass(slots=True)
+class FunctionRecord:
+    fn_id: str
+    app_id: str
+    name: str
+    config: dict[str, Any]
+
+    @property
+    def url(self) -> str:
+        return str(self.config["steps"]["step"]["runtime"]["url"])
+
+    @property
+    def retries(self) -> int:
+        retries = self.config["steps"]["step"].get("retries") or {}
+        return int(retries.get("attempts", 4))
+
+
+@dataclasses.dataclass(slots=True)
+class EventRecord:
+    internal_id: str
+    name: str
+    data: dict[str, Any]
+    event_id: str
+    ts: int
+    received_at: int
+    raw: dict[str, Any]
+
+
+@dataclasses.dataclass(slots=True)
+class RunRecord:
+    run_id: str
+    fn_id: str
+    app_id: str
+    status: RunStatus
+    events: list[dict[str, Any]]
+    created_at: int
+    started_at: int | None = None
+    ended_at: int | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    parent_run_id: str | None = None
+    parent_step: str | None = None
+    reason: str | None = None
+    batch_parallel: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class QueueItem:
+    id: int
+    run_id: str
+    kind: ItemKind
+    step: str | None
+    attempt: int
+    available_at: int
+    payload: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class WaitRecord:
+    run_id: str
+    step: str
+    event_name: str
+    expression: str | None
+    trigger_event: dict[str, Any]
+    expires_at: int
+
+
+@dataclasses.dataclass(slots=True)
+class HistoryRecord:
+    run_id: str
+    step: str
+    name: str
+    op: str
+    attempt: int
+    started_at: int
+    ended_at: int | None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    id: int | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class RunFilter:
+    fn_id: str | None = None
+    status: RunStatus | None = None
+    limit: int = 50
+    before: int | None = None
+
+
+class Tx(abc.ABC):
+    """One transaction. Methods are async so a networked database fits the same shape."""
+
+    # apps and functions
+    @abc.abstractmethod
+    async def upsert_app(self, app: AppRecord, functions: list[FunctionRecord]) -> bool: ...
+    @abc.abstractmethod
+    async def list_apps(self) -> list[AppRecord]: ...
+    @abc.abstractmethod
+    async def list_functions(self) -> list[FunctionRecord]: ...
+
+    # events
+    @abc.abstractmethod
+    async def insert_event(self, event: EventRecord) -> None: ...
+    @abc.abstractmethod
+    async def list_events(
+        self, name: str | None, limit: int, before: int | None
+    ) -> list[EventRecord]: ...
+    @abc.abstractmethod
+    async def claim_key(self, scope: str, key: str, expires_at: int) -> bool:
+        """Record an idempotency key; False if it is held and not expired."""
+
+    # runs
+    @abc.abstractmethod
+    async def insert_run(self, run: RunRecord) -> None: ...
+    @abc.abstractmethod
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+    @abc.abstractmethod
+    async def update_run(self, run_id: str, **fields: Any) -> None: ...
+    @abc.abstractmethod
+    async def list_runs(self, flt: RunFilter) -> list[RunRecord]: ...
+    @abc.abstractmethod
+    async def unfinished_runs(self) -> list[RunRecord]: ...
+
+    # memos (first write wins) and the outstanding ops of a run
+    @abc.abstractmethod
+    async def put_memo(self, run_id: str, step: str, memo: Any) -> bool: ...
+    @abc.abstractmethod
+    async def get_memos(self, run_id: str) -> dict[str, Any]: ...
+    @abc.abstractmethod
+    async def add_pending(self, run_id: str, steps: list[str]) -> None: ...
+    @abc.abstractmethod
+    async def remove_pending(self, run_id: str, step: str) -> int:
+        """Remove one outstanding op; return how many remain (-1 if it was not outstanding)."""
+
+    @abc.abstractmethod
+    async def clear_pending(self, run_id: str) -> None: ...
+
+    # history
+    @abc.abstractmethod
+    async def add_history(self, rec: HistoryRecord) -> None: ...
+    @abc.abstractmethod
+    async def end_history(self, run_id: str, step: str, ended_at: int, output: Any) -> None: ...
+    @abc.abstractmethod
+    async def get_history(self, run_id: str) -> list[HistoryRecord]: ...
+
+    # queue and timers
+    @abc.abstractmethod
+    async def enqueue(
+        self,
+        run_id: str,
+        kind: ItemKind,
+        *,
+        step: str | None = None,
+        attempt: int = 0,
+        available_at: int | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> int: ...
+    @abc.abstractmethod
+    async def claim(self, now: int, limit: int, lease_ms: int) -> list[QueueItem]: ...
+    @abc.abstractmethod
+    async def extend_lease(self, item_id: int, until: int) -> None: ...
+    @abc.abstractmethod
+    async def delete_item(self, item_id: int) -> None: ...
+    @abc.abstractmethod
+    async def delete_run_items(self, run_id: str) -> None: ...
+    @abc.abstractmethod
+    async def next_available_at(self) -> int | None: ...
+    @abc.abstractmethod
+    async def release_leases(self) -> int: ...
+
+    # waits for events, and waits for signals
+    @abc.abstractmethod
+    async def add_wait(self, wait: WaitRecord, index: tuple[str, str] | None) -> None: ...
+    @abc.abstractmethod
+    async def candidate_waits(self, event: dict[str, Any]) -> list[WaitRecord]: ...
+    @abc.abstractmethod
+    async def remove_wait(self, run_id: str, step: str) -> bool: ...
+    @abc.abstractmethod
+    async def remove_run_waits(self, run_id: str) -> None: ...
+    @abc.abstractmethod
+    async def add_signal(self, signal: str, run_id: str, step: str, replace: bool) -> bool:
+        """Register a signal wait; False if another run waits for it and `replace` is off."""
+
+    @abc.abstractmethod
+    async def take_signal(self, signal: str) -> tuple[str, str] | None: ...
+    @abc.abstractmethod
+    async def remove_signal(self, run_id: str, step: str) -> bool: ...
+
+
+class Store(abc.ABC):
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Tx]: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+__all__ = [
+    "AppRecord",
+    "AsyncIterator",
+    "EventRecord",
+    "FunctionRecord",
+    "HistoryRecord",
+    "ItemKind",
+    "QueueItem",
+    "RunFilter",
+    "RunRecord",
+    "RunStatus",
+    "Store",
+    "Tx",
+    "WaitRecord",
+    "now_ms",
+]
