@@ -245,6 +245,7 @@ class Replay:
         """
         self.executing = None
         if self.checkpoint:
+            self.attempt = 0  # attempts count per step: the next step starts afresh
             return Memo(data=output)
         self.result = Ops([info.to_op(Opcode.STEP_RUN, data=output)])
         return self.result

@@ -1,6 +1,9 @@
 """Embedded mode: the orchestrator runs inside the app's process, on SQLite under `.durable/`,
 calling the app's functions in-process. Adapters start and stop it with the app.
 
+`DURABLE_DIR` moves the directory; `DURABLE_FAST_RETRIES=1` shrinks the retry backoff to
+50 ms, 100 ms, ... for development and tests.
+
 Without a signing key and without dev mode, a key is generated once and kept in
 `.durable/signing-key`, so the app's endpoint still refuses unsigned requests.
 """
@@ -22,7 +25,7 @@ from ..errors import DurableError
 from ..events import Event
 from ..function import Durable
 from .api import Api, run_json
-from .core import DEFAULT_BACKOFF
+from .core import DEFAULT_BACKOFF, FAST_BACKOFF
 from .runtime import Orchestrator
 from .sqlite_store import SqliteStore
 
@@ -53,12 +56,13 @@ class Embedded:
         durable: Durable,
         *,
         directory: str | None = None,
-        backoff: Sequence[float] = DEFAULT_BACKOFF,
+        backoff: Sequence[float] | None = None,
         concurrency: int = 64,
     ) -> None:
         self.durable = durable
         self.directory = directory or os.environ.get("DURABLE_DIR") or DEFAULT_DIRECTORY
-        self.backoff = backoff
+        fast = os.environ.get("DURABLE_FAST_RETRIES", "").lower() in ("1", "true", "yes")
+        self.backoff = backoff if backoff is not None else FAST_BACKOFF if fast else DEFAULT_BACKOFF
         self.concurrency = concurrency
         if not durable.dev and not durable.signing_key:
             durable.signing_key = load_or_create_key(self.directory)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -274,7 +275,10 @@ class Orchestrator:
                     run.run_id, status=RunStatus.RUNNING, started_at=run.started_at or started
                 )
         request = self.machine.request_body(run, item, memos)
-        result = await self._call(fn, item, request)
+        stored: list[int] = []
+        result = await self._call(fn, item, request, stored)
+        if stored:  # steps were checkpointed, so what the answer reports is a later step's attempt
+            item = dataclasses.replace(item, attempt=0)
         async with self.store.transaction() as tx:
             current = await tx.get_run(run.run_id)
             if current is None or current.status.finished:
@@ -286,14 +290,14 @@ class Orchestrator:
         self._report(fn, item, result, after)
 
     async def _call(
-        self, fn: FunctionRecord, item: QueueItem, request: dict[str, Any]
+        self, fn: FunctionRecord, item: QueueItem, request: dict[str, Any], stored: list[int]
     ) -> CallResult:
         target = item.step if item.kind is ItemKind.STEP else None
         renew = asyncio.create_task(self._renew(item))
         try:
             if self.inproc.serves(fn.url):
                 return await self.inproc.call(
-                    fn, target, request, self._checkpointer(item.run_id, fn)
+                    fn, target, request, self._checkpointer(item, fn, stored)
                 )
             return await self.http.call(fn, target, request, None)
         except Exception as err:
@@ -309,10 +313,14 @@ class Orchestrator:
                 await tx.extend_lease(item.id, now_ms() + self.lease_ms)
 
     def _checkpointer(
-        self, run_id: str, fn: FunctionRecord
+        self, item: QueueItem, fn: FunctionRecord, stored: list[int]
     ) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        run_id = item.run_id
+
         async def checkpoint(op: dict[str, Any]) -> None:
             now = now_ms()
+            attempt = 0 if stored else item.attempt
+            stored.append(1)
             async with self.store.transaction() as tx:
                 run = await tx.get_run(run_id)
                 if run is None or run.status.finished:
@@ -322,7 +330,14 @@ class Orchestrator:
                 await tx.put_memo(run_id, op["id"], {"data": op.get("data")})
                 await tx.add_history(
                     HistoryRecord(
-                        run_id, op["id"], op["displayName"], op["op"], 0, now, now, op.get("data")
+                        run_id,
+                        op["id"],
+                        op["displayName"],
+                        op["op"],
+                        attempt,
+                        now,
+                        now,
+                        op.get("data"),
                     )
                 )
             self._emit(
