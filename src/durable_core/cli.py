@@ -87,6 +87,7 @@ def dev(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per call to an app is noise
     backoff = FAST_BACKOFF if fast_retries else DEFAULT_BACKOFF
     orch = Orchestrator(SqliteStore(db), backoff=backoff)
 

@@ -191,10 +191,10 @@ class Machine:
         ):
             await self._apply_ops(tx, item, run, res.body, started)
         else:
-            await self._function_error(tx, item, run, res)
+            await self._function_error(tx, item, run, res, started)
 
     async def _function_error(
-        self, tx: Tx, item: QueueItem, run: RunRecord, res: CallResult
+        self, tx: Tx, item: QueueItem, run: RunRecord, res: CallResult, started: int
     ) -> None:
         body = res.body if isinstance(res.body, dict) else {"message": str(res.body)}
         error = {
@@ -208,6 +208,21 @@ class Machine:
                 "message": f"206 without opcodes: {str(res.body)[:500]}",
                 "stack": None,
             }
+        # A failed attempt of the whole request is part of the run's story too.
+        step = item.step or "function"
+        await tx.add_history(
+            HistoryRecord(
+                run.run_id,
+                step,
+                "(function)" if item.step is None else step,
+                "FunctionError",
+                item.attempt,
+                started,
+                now_ms(),
+                None,
+                error,
+            )
+        )
         fn = self.functions.get(run.fn_id)
         max_attempts = (fn.retries if fn else 0) + 1
         no_retry = res.headers.get("x-inngest-no-retry") == "true" or (
