@@ -29,5 +29,9 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/bench_sqlite.py
+
 clean:
 	rm -rf $(VENV) .durable .mypy_cache .ruff_cache .pytest_cache

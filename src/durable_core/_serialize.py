@@ -56,6 +56,14 @@ def return_type(handler: Callable[..., Any]) -> Any:
     target: Any = handler
     while isinstance(target, functools.partial):
         target = target.func
+    try:
+        return _declared_return(target)
+    except TypeError:  # unhashable callable
+        return _declared_return.__wrapped__(target)
+
+
+@functools.lru_cache(maxsize=2048)
+def _declared_return(target: Any) -> Any:
     if not (inspect.isfunction(target) or inspect.ismethod(target)):
         call = getattr(target, "__call__", None)  # noqa: B004
         if call is None or not inspect.ismethod(call):

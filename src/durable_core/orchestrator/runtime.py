@@ -322,11 +322,9 @@ class Orchestrator:
             attempt = 0 if stored else item.attempt
             stored.append(1)
             async with self.store.transaction() as tx:
-                run = await tx.get_run(run_id)
-                if run is None or run.status.finished:
-                    raise RunCancelledError(
-                        f"run {run_id} has ended ({run.status if run else 'gone'})"
-                    )
+                status = await tx.run_status(run_id)
+                if status is None or status.finished:
+                    raise RunCancelledError(f"run {run_id} has ended ({status or 'gone'})")
                 await tx.put_memo(run_id, op["id"], {"data": op.get("data")})
                 await tx.add_history(
                     HistoryRecord(

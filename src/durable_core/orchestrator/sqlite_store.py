@@ -203,6 +203,10 @@ class SqliteTx(Tx):
         rows = self._all("SELECT * FROM runs WHERE run_id=?", (run_id,))
         return _run(rows[0]) if rows else None
 
+    async def run_status(self, run_id: str) -> RunStatus | None:
+        row = self.db.execute("SELECT status FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return None if row is None else RunStatus(row[0])
+
     async def update_run(self, run_id: str, **fields: Any) -> None:
         cols, args = [], []
         for key, value in fields.items():
