@@ -10,7 +10,7 @@ from typing import Any
 
 from ._engine import EXECUTE, Ops, Replay, StepInfo, _Decision
 from ._steps import StopRequest
-from .errors import NonDeterminismError
+from .errors import DurableError
 
 _log = logging.getLogger("durable")
 
@@ -35,7 +35,7 @@ Outcome = Returned | Raised | Ops
 
 def _final(replay: Replay) -> Outcome | None:
     result = replay.result
-    if isinstance(result, NonDeterminismError):
+    if isinstance(result, DurableError):
         return Raised(result)
     return result
 

@@ -27,7 +27,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import NonDeterminismError, StepError, error_payload
+from .errors import DurableError, NonDeterminismError, StepError, error_payload
 
 
 class Opcode(enum.StrEnum):
@@ -133,7 +133,7 @@ class Replay:
         self.checkpoint = checkpoint and target is None
         self.pending: list[StepInfo] = []
         self.executing: StepInfo | None = None
-        self.result: Ops | NonDeterminismError | None = None
+        self.result: Ops | DurableError | None = None
         self.reports = 0
         self._new_work = False
 
@@ -177,6 +177,7 @@ class Replay:
                     return PARK
                 self.executing = info
                 return EXECUTE
+            self.pending.append(info)  # skipped; if the target never comes, settle() says so
             return PARK
         self.pending.append(info)
         return PARK
@@ -192,7 +193,7 @@ class Replay:
 
     # -- ending the request --------------------------------------------------------------
 
-    def settle(self) -> StepInfo | Ops | NonDeterminismError:
+    def settle(self) -> StepInfo | Ops | DurableError:
         """Decide what this request does with the new steps found so far.
 
         Returns the step to execute now, or the final result of the request.
@@ -237,22 +238,37 @@ class Replay:
         self.result = Ops(ops)
         return self.result
 
-    def complete(self, info: StepInfo, output: object) -> Ops | Memo:
+    def complete(self, info: StepInfo, output: object) -> Ops | Memo | DurableError:
         """The executing step returned `output` (already JSON-compatible).
 
         Without checkpointing the request ends with its StepRun op. With it, the caller stores
         the op durably and the function goes on with the result as a memo.
         """
         self.executing = None
+        if isinstance(self.result, DurableError):
+            return self.result  # aborted while the step ran (a nested step): that error stands
         if self.checkpoint:
             self.attempt = 0  # attempts count per step: the next step starts afresh
             return Memo(data=output)
         self.result = Ops([info.to_op(Opcode.STEP_RUN, data=output)])
         return self.result
 
-    def fail(self, info: StepInfo, err: BaseException) -> Ops:
+    def abort(self, err: DurableError) -> DurableError:
+        """A step raised an error that decides the whole run (non-retriable, retry after).
+
+        The request ends with it even if the function catches it: these errors are control
+        flow for the run, like the interrupts, not values for the function to handle.
+        """
+        self.executing = None
+        if self.result is None:
+            self.result = err
+        return err
+
+    def fail(self, info: StepInfo, err: BaseException) -> Ops | DurableError:
         """The executing step raised a retriable error: StepError, or StepFailed when spent."""
         self.executing = None
+        if isinstance(self.result, DurableError):
+            return self.result
         spent = self.attempt + 1 >= self.max_attempts
         op = Opcode.STEP_FAILED if spent else Opcode.STEP_ERROR
         self.result = Ops([info.to_op(op, error=error_payload(err))])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +21,7 @@ _PLAIN = (type(None), bool, int, float, str)
 
 def to_json_value(value: object, *, what: str) -> object:
     """A JSON-compatible copy of `value`; `what` names the step or function in the error."""
-    if isinstance(value, _PLAIN):
+    if isinstance(value, _PLAIN) and not (isinstance(value, float) and not math.isfinite(value)):
         return value
     try:
         out = pydantic_core.to_jsonable_python(value)

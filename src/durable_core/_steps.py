@@ -66,9 +66,12 @@ class _StepBase:
     def _enter(self, info: StepInfo) -> None:
         outer = _running_step.get()
         if outer is not None:
-            raise NestedStepError(
-                f"step {info.user_id!r} was called inside step {outer.user_id!r}: steps cannot be "
-                "nested. Call it from the function body, after the outer step returns."
+            # Recorded on the replay too, so user code that swallows it cannot hide it.
+            raise self._replay.abort(
+                NestedStepError(
+                    f"step {info.user_id!r} was called inside step {outer.user_id!r}: steps cannot "
+                    "be nested. Call it from the function body, after the outer step returns."
+                )
             )
 
     def _sleep(self, step_id: str, duration: DurationLike) -> StepInfo:
@@ -165,8 +168,12 @@ class Step(_StepBase):
             if inspect.isawaitable(out):
                 out = await out
             data = self._serialize_output(info, out)
-        except (NonRetriableError, RetryAfterError):
-            raise
+        except (NonRetriableError, RetryAfterError) as err:
+            _running_step.reset(token)
+            self._replay.abort(err)
+            self._runner.notify()
+            await self._runner.park(info)
+            raise AssertionError("unreachable: a finished request resumed a step") from None
         except Exception as err:
             if err.__traceback__ is not None:  # drop this frame: the user's code is what matters
                 err.__traceback__ = err.__traceback__.tb_next
@@ -297,8 +304,9 @@ class SyncStep(_StepBase):
                     "the function `async def`, or give the step a plain `def` handler"
                 )
             data = self._serialize_output(info, out)
-        except (NonRetriableError, RetryAfterError):
-            raise
+        except (NonRetriableError, RetryAfterError) as err:
+            self._replay.abort(err)
+            raise StopRequest from None
         except Exception as err:
             if err.__traceback__ is not None:  # drop this frame: the user's code is what matters
                 err.__traceback__ = err.__traceback__.tb_next

@@ -214,21 +214,20 @@ class _Run:
     def _apply(self, op: dict[str, Any]) -> _Run | None:
         kind, uid, opts = op["op"], op["userland"]["id"], op.get("opts") or {}
         if kind == Opcode.STEP_RUN:
-            self._memo(op, {"data": op.get("data")}, output=op.get("data"))
+            self._memo(op, {"data": op.get("data")}, op.get("data"))
         elif kind == Opcode.STEP_ERROR:
             self.tries.setdefault(op["id"], []).append(op["error"])
             target, attempt, flag = self.last
             self.retry = (target, attempt + 1, flag)
         elif kind == Opcode.STEP_FAILED:
-            self._memo(op, {"error": op["error"]}, error=op["error"], kind=Opcode.STEP_FAILED)
+            self._memo(op, {"error": op["error"]}, None, op["error"])
         elif kind == Opcode.STEP_PLANNED:
             self.after_batch = True
             found, stub = _lookup(self.stubs.steps, op)
             if found:
                 memo = _stub_memo(stub, f"the stub of step {uid!r}")
                 kind = Opcode.STEP_FAILED if "error" in memo else Opcode.STEP_RUN
-                self._memo(op, memo, output=memo.get("data"), error=memo.get("error"), kind=kind)
-                self.records[-1].stubbed = True
+                self._memo(op, memo, memo.get("data"), memo.get("error"), kind=kind, stubbed=True)
             elif op["id"] not in self.planned:
                 self.planned.append(op["id"])
         elif kind == Opcode.SLEEP:
@@ -244,13 +243,13 @@ class _Run:
             name = opts.get("event") or op["name"]
             stub = self._required(self.stubs.waits, op, "waits", f"waits for event {name!r}")
             delivered = None if stub is None else self._event(uid, name, stub).to_wire()
-            self._memo(op, delivered, output=delivered)
+            self._memo(op, delivered, delivered)
         elif kind == Opcode.WAIT_FOR_SIGNAL:
             what = f"waits for signal {opts.get('signal')!r}"
             stub = self._required(self.stubs.signals, op, "signals", what)
             data = to_json_value(stub, what=f"the stub of signal step {uid!r}")
             delivered = None if stub is None else {"signal": opts.get("signal"), "data": data}
-            self._memo(op, delivered, output=delivered)
+            self._memo(op, delivered, delivered)
         elif kind == Opcode.INVOKE:
             return self._invoke(op, uid, opts)
         else:
@@ -286,9 +285,7 @@ class _Run:
         found, stub = _lookup(self.stubs.invokes, op)
         if found:
             memo = _stub_memo(stub, f"the stub of invoke step {uid!r}")
-            kind = Opcode.INVOKE
-            self._memo(op, memo, output=memo.get("data"), error=memo.get("error"), kind=kind)
-            self.records[-1].stubbed = True
+            self._memo(op, memo, memo.get("data"), memo.get("error"), stubbed=True)
             return None
         fn_id = str(opts.get("function_id"))
         target = self.fn.app.find(fn_id)
@@ -305,17 +302,17 @@ class _Run:
         """An invoked child run ended: store its output or error as the invoke step's result."""
         self.sent.extend(child.sent_events)
         memo = {"data": child.output} if child.error is None else {"error": child.error}
-        self._memo(op, memo, output=child.output, error=child.error, kind=Opcode.INVOKE)
-        self.records[-1].child = child
+        self._memo(op, memo, child.output, child.error, child=child)
 
     def _memo(
-        self, op: dict[str, Any], memo: Any, *, output: Any = None,
-        error: dict[str, Any] | None = None, kind: str | None = None,
+        self, op: dict[str, Any], memo: Any, output: Any = None, error: Any = None, *,
+        kind: str | None = None, stubbed: bool = False, child: RunResult | None = None,
     ) -> None:  # fmt: skip
+        """Store a step's result for the next requests, and record it."""
         self.memos[op["id"]] = memo
         errors = self.tries.pop(op["id"], [])
-        record = StepRecord(op["userland"]["id"], str(kind or op["op"]), len(errors) + 1)
-        record.output, record.error, record.errors = output, error, errors
+        uid, op_name = op["userland"]["id"], str(kind or op["op"])
+        record = StepRecord(uid, op_name, len(errors) + 1, output, error, errors, stubbed, child)
         self.records.append(record)
 
     def _result(self, status: Literal["completed", "failed"], output: Any, error: Any) -> RunResult:
