@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import math
 import typing
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import pydantic_core
 
 from .errors import SerializationError
 
+_log = logging.getLogger("durable")
 _PLAIN = (type(None), bool, int, float, str)
 
 
@@ -72,7 +74,13 @@ def _declared_return(target: Any) -> Any:
         target = call
     try:
         hints = typing.get_type_hints(target)
-    except Exception:
+    except Exception as err:
+        _log.warning(
+            "cannot resolve the return annotation of %s (%s): its stored result will come back "
+            "as plain JSON; define the type at module level or pass output_type=",
+            getattr(target, "__qualname__", target),
+            err,
+        )
         return None
     tp = hints.get("return")
     if tp is None:
