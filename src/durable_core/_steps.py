@@ -12,6 +12,7 @@ import contextvars
 import datetime as _dt
 import functools
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -29,6 +30,7 @@ T = TypeVar("T")
 Events = Event | dict[str, Any] | Sequence[Event | dict[str, Any]]
 AsyncSender = Callable[[list[Event]], Awaitable[list[str]]]
 SyncSender = Callable[[list[Event]], list[str]]
+# A checkpoint receives the StepRun op plus `started_at` (ms) for the step's history.
 AsyncCheckpoint = Callable[[dict[str, Any]], Awaitable[None]]
 SyncCheckpoint = Callable[[dict[str, Any]], None]
 
@@ -163,6 +165,7 @@ class Step(_StepBase):
         if handler is None:
             raise RuntimeError(f"step {info.user_id!r} cannot be executed in place")
         token = _running_step.set(info)
+        started_ms = int(time.time() * 1000)
         try:
             out = handler(*args)
             if inspect.isawaitable(out):
@@ -182,7 +185,9 @@ class Step(_StepBase):
             done = self._replay.complete(info, data)
             if isinstance(done, Memo) and self._checkpoint is not None:
                 _running_step.reset(token)
-                await self._checkpoint(info.to_op(Opcode.STEP_RUN, data=data))
+                await self._checkpoint(
+                    info.to_op(Opcode.STEP_RUN, data=data, started_at=started_ms)
+                )
                 return done
         finally:
             if _running_step.get() is info:
@@ -294,6 +299,7 @@ class SyncStep(_StepBase):
         if handler is None:
             raise RuntimeError(f"step {info.user_id!r} cannot be executed in place")
         token = _running_step.set(info)
+        started_ms = int(time.time() * 1000)
         try:
             out = handler(*args)
             if inspect.isawaitable(out):
@@ -315,7 +321,7 @@ class SyncStep(_StepBase):
             done = self._replay.complete(info, data)
             if isinstance(done, Memo) and self._checkpoint is not None:
                 _running_step.reset(token)
-                self._checkpoint(info.to_op(Opcode.STEP_RUN, data=data))
+                self._checkpoint(info.to_op(Opcode.STEP_RUN, data=data, started_at=started_ms))
                 return done
         finally:
             if _running_step.get() is info:

@@ -15,7 +15,7 @@ class Event(pydantic.BaseModel):
     name: str
     data: dict[str, Any] = pydantic.Field(default_factory=dict)
     id: str = ""
-    ts: int = 0
+    ts: int = pydantic.Field(default=0, ge=0, lt=2**63)
     v: str | None = None
 
     @pydantic.field_validator("data", mode="before")

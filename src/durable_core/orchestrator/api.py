@@ -126,6 +126,14 @@ def _check_function(fn: _FunctionIn) -> None:
     runtime = fn.steps.get("step", {}).get("runtime")
     if not isinstance(runtime, dict) or not isinstance(runtime.get("url"), str):
         raise _Problem(400, f"function {fn.id}: steps.step.runtime.url is required")
+    retries = fn.steps["step"].get("retries")
+    if retries is not None:
+        attempts = retries.get("attempts") if isinstance(retries, dict) else None
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or not 0 <= attempts <= 20:
+            raise _Problem(
+                400,
+                f"function {fn.id}: steps.step.retries.attempts must be an integer from 0 to 20",
+            )
     if not fn.triggers:
         raise _Problem(400, f"function {fn.id}: needs at least one trigger")
     for i, trig in enumerate(fn.triggers):
@@ -173,9 +181,17 @@ class Api:
         if not body.strip():
             raise _Problem(400, "empty body: send JSON")
         try:
-            return json.loads(body)
+            value = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise _Problem(400, f"body is not valid JSON: {err}") from None
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError as err:
+            bad = err.object[err.start : err.end]
+            raise _Problem(
+                400, f"body holds text that is not valid Unicode ({err.reason}): {bad!r}"
+            ) from None
+        return value
 
     def _authorize(self, request: Request) -> None:
         key = self.orch.signing_key

@@ -333,7 +333,7 @@ class Orchestrator:
                         op["displayName"],
                         op["op"],
                         attempt,
-                        now,
+                        op.get("started_at", now),
                         now,
                         op.get("data"),
                     )
