@@ -100,7 +100,9 @@ class AsyncRunner:
                     break
                 decision = replay.settle()
                 if isinstance(decision, StepInfo):
-                    self._parked.pop(decision.hashed).set_result(EXECUTE)
+                    parked = self._parked.pop(decision.hashed, None)
+                    if parked is not None:  # else it is the target, reached and running already
+                        parked.set_result(EXECUTE)
                 else:
                     break
         finally:

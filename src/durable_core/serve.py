@@ -107,6 +107,23 @@ class ServeHandler:
     # -- entry points -------------------------------------------------------------------------
 
     async def handle(self, req: Request) -> Response:
+        try:
+            return await self._handle(req)
+        except Exception as err:  # a bug of ours: still answer in the protocol, and say so
+            return self._crashed(err)
+
+    def handle_sync(self, req: Request) -> Response:
+        try:
+            return self._handle_sync(req)
+        except Exception as err:
+            return self._crashed(err)
+
+    def _crashed(self, err: Exception) -> Response:
+        _log.exception("the serve handler failed")
+        msg = f"internal error in the durable serve handler: {type(err).__name__}: {err}"
+        return self._finish(_error(500, "internal_error", msg), None)
+
+    async def _handle(self, req: Request) -> Response:
         plan = self._begin(req)
         if isinstance(plan, Response):
             return self._finish(plan, None)
@@ -118,7 +135,7 @@ class ServeHandler:
         )  # fmt: skip
         return self._finish(self._outcome(plan, outcome), plan.key)
 
-    def handle_sync(self, req: Request) -> Response:
+    def _handle_sync(self, req: Request) -> Response:
         plan = self._begin(req)
         if isinstance(plan, Response):
             return self._finish(plan, None)
@@ -243,7 +260,8 @@ class ServeHandler:
             )
         found = self.durable.find(fn_id)
         if found is None:
-            known = ", ".join(sorted(f.id for f in self.durable.functions)) or "none"
+            ids = [i for f in self.durable.functions for i in (f.id, f.failure_id) if i]
+            known = ", ".join(sorted(ids)) or "none"
             return self._finish(
                 _error(404, "function_not_found", f"no function {fn_id!r} here (served: {known})"),
                 key,

@@ -255,4 +255,4 @@ def sync_non_retriable(ctx: SyncContext) -> None:
 
 
 app = FastAPI()
-Serve(app, d)
+Serve(app, d, embedded=False)  # the SDK alone: these tests play the orchestrator

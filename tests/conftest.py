@@ -1,0 +1,194 @@
+"""Shared fixtures: the app served through each adapter, request builders, a real uvicorn server."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from durable_core import Durable
+
+SERVE_PATH = "/api/durable"
+FRAMEWORKS = ["fastapi", "starlette"]
+SERVER_START_DEADLINE = 10.0
+SERVER_STOP_GRACE = 3
+
+
+@pytest.fixture(autouse=True)
+def _durable_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An embedded orchestrator started by any test keeps its files out of the repo."""
+    monkeypatch.setenv("DURABLE_DIR", str(tmp_path_factory.mktemp("durable")))
+
+
+def step_hash(step_id: str, n: int = 0) -> str:
+    """The hashed id of the (n+1)-th use of `step_id` in a run."""
+    return hashlib.sha1((step_id if n == 0 else f"{step_id}:{n}").encode()).hexdigest()
+
+
+def exec_body(
+    event: dict[str, Any] | None = None,
+    *,
+    steps: dict[str, Any] | None = None,
+    events: list[dict[str, Any]] | None = None,
+    run_id: str = "r1",
+    attempt: int = 0,
+    max_attempts: int | None = 3,
+    **extra: Any,
+) -> dict[str, Any]:
+    """An execution request body (protocol section 4)."""
+    event = event if event is not None else {"name": "test/event", "data": {}}
+    return {
+        "event": event,
+        "events": events if events is not None else [event],
+        "steps": steps or {},
+        "ctx": {
+            "run_id": run_id,
+            "attempt": attempt,
+            "max_attempts": max_attempts,
+            "disable_immediate_execution": False,
+            "stack": {"stack": list(steps or {}), "current": 0},
+        },
+        "use_api": False,
+        "version": 2,
+        **extra,
+    }
+
+
+def exec_query(fn_id: str, step: str = "step") -> str:
+    return urllib.parse.urlencode({"fnId": fn_id, "stepId": step})
+
+
+def build_app(
+    framework: str, durable: Durable, path: str = SERVE_PATH, *, embedded: bool | None = False
+) -> Starlette:
+    """A FastAPI or Starlette app serving `durable` at `path`.
+
+    The embedded orchestrator is off unless asked for (`embedded=None` keeps the adapter's
+    default), so the app only answers the serve protocol and writes no files.
+    """
+    if framework == "fastapi":
+        from adapters.fastapi import Serve as FastAPIServe
+
+        fastapi_app = FastAPI()
+        FastAPIServe(fastapi_app, durable, path=path, embedded=embedded)
+        return fastapi_app
+    if framework == "starlette":
+        from adapters.starlette import Serve as StarletteServe
+
+        starlette_app = Starlette()
+        StarletteServe(starlette_app, durable, path=path, embedded=embedded)
+        return starlette_app
+    raise ValueError(f"unknown framework {framework!r}")
+
+
+@dataclasses.dataclass
+class Served:
+    """An app served through one adapter, with a TestClient to call it."""
+
+    framework: str
+    client: TestClient
+    path: str
+
+    def url(self, fn_id: str, step: str = "step") -> str:
+        return f"{self.path}?{exec_query(fn_id, step)}"
+
+    def execute(
+        self,
+        fn_id: str,
+        body: dict[str, Any],
+        step: str = "step",
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        return self.client.post(self.url(fn_id, step), json=body, headers=headers)
+
+
+ServeFactory = Callable[..., Served]
+
+
+@pytest.fixture(params=FRAMEWORKS)
+def served(request: pytest.FixtureRequest) -> Iterator[ServeFactory]:
+    """`served(durable, path=...)` -> a `Served` for the parametrized framework."""
+    clients: list[TestClient] = []
+
+    def make(durable: Durable, path: str = SERVE_PATH) -> Served:
+        client = TestClient(build_app(request.param, durable, path))
+        clients.append(client)
+        return Served(request.param, client, path)
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+class UvicornServer:
+    """An ASGI app under real uvicorn on 127.0.0.1, in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            ws="none",
+            access_log=False,
+            timeout_graceful_shutdown=SERVER_STOP_GRACE,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + SERVER_START_DEADLINE
+        while time.monotonic() < deadline:
+            if not self._thread.is_alive():
+                raise RuntimeError("uvicorn exited before it started serving")
+            if self._server.started:
+                try:
+                    httpx.get(self.base_url + "/", timeout=1.0)
+                except httpx.TransportError:
+                    pass
+                else:
+                    return
+            time.sleep(0.01)
+        self.stop()
+        raise RuntimeError(f"uvicorn did not answer on {self.base_url} in time")
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=SERVER_START_DEADLINE)
+        self._sock.close()
+
+
+@pytest.fixture
+def uvicorn_server() -> Iterator[Callable[[Any], UvicornServer]]:
+    """`uvicorn_server(app)` -> a started `UvicornServer`; every server stops on teardown."""
+    servers: list[UvicornServer] = []
+
+    def start(app: Any) -> UvicornServer:
+        server = UvicornServer(app)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in reversed(servers):
+        server.stop()
