@@ -1,6 +1,6 @@
 """A FastAPI app serving the shop workflows at /api/durable.
 
-    .venv/bin/uvicorn examples.fastapi_app:app --port 8000
+.venv/bin/uvicorn examples.fastapi_app:app --port 8000
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ import uvicorn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from examples.fastapi_app import app  # noqa: E402
-from examples.shop import durable  # noqa: E402
+from examples.fastapi_app import app
+from examples.shop import durable
 
 START = time.monotonic()
 
@@ -70,12 +70,22 @@ async def main(port: int, once: bool) -> None:
 
         orch.on_change(progress)
         say(f"app serving at {base} (durable endpoint {base}/api/durable)")
-        order = {"id": "o-1001", "items": ["sku-1", "sku-2"], "amount": 42.5, "email": "ada@example.com"}
+        order = {
+            "id": "o-1001",
+            "items": ["sku-1", "sku-2"],
+            "amount": 42.5,
+            "email": "ada@example.com",
+        }
         ids = await durable.send_async({"name": "shop/order.created", "data": order})
         say(f"sent shop/order.created (event {ids[0]})")
 
         async def waiting_run() -> Any:
-            runs = (await http.get("/durable/v1/runs", params={"function_id": "shop-process-order", "status": "waiting"})).json()["data"]
+            runs = (
+                await http.get(
+                    "/durable/v1/runs",
+                    params={"function_id": "shop-process-order", "status": "waiting"},
+                )
+            ).json()["data"]
             return runs[0] if runs else None
 
         run = await wait_until(waiting_run, "the run to wait for approval")
@@ -86,7 +96,10 @@ async def main(port: int, once: bool) -> None:
         say(f"run {finished['run_id']} {finished['status']}: {short(finished['output'])}")
         detail = (await http.get(f"/durable/v1/runs/{finished['run_id']}")).json()
         say(f"{len(detail['steps'])} step records, {detail['duration_ms']} ms end to end")
-        print(f"\napp:  {base}/\nAPI:  {base}/durable/v1/runs\nrun:  {base}/durable/v1/runs/{finished['run_id']}", flush=True)
+        print(
+            f"\napp:  {base}/\nAPI:  {base}/durable/v1/runs\nrun:  {base}/durable/v1/runs/{finished['run_id']}",
+            flush=True,
+        )
         if once:
             server.should_exit = True
         else:
