@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
 
 from . import starlette as _starlette
 
@@ -17,3 +21,6 @@ class Serve(_starlette.Serve):
         self.app.add_api_route(
             self.path, self.endpoint, methods=["GET", "PUT", "POST"], include_in_schema=False
         )
+
+    def _route(self, path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.app.add_api_route(path, endpoint, methods=["POST"])

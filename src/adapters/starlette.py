@@ -7,16 +7,18 @@ starts and stops with the app's lifespan and its API is mounted at /durable.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response as StarletteResponse
 
-from durable_core import Durable, Request, ServeHandler
+from durable_core import Durable, Function, Request, Response, ServeHandler
 from durable_core.orchestrator.embedded import API_PATH, Embedded
 from durable_core.serve import DEFAULT_SERVE_PATH
+from durable_core.workflow import is_protocol_call, start_async
 
 
 async def to_core(request: StarletteRequest) -> Request:
@@ -40,14 +42,14 @@ class Serve:
     def __init__(
         self,
         app: Starlette,
-        durable: Durable,
+        durable: Durable | None = None,
         *,
         path: str = DEFAULT_SERVE_PATH,
         embedded: bool | None = None,
         api_path: str = API_PATH,
     ) -> None:
         self.app = app
-        self.durable = durable
+        self.durable = durable = durable or Durable(os.environ.get("DURABLE_APP_ID", "app"))
         self.path = path
         if embedded is None:
             embedded = not durable.orchestrator_url_configured
@@ -78,6 +80,35 @@ class Serve:
 
         router.lifespan_context = lifespan
 
+    def _route(
+        self, path: str, endpoint: Callable[[StarletteRequest], Awaitable[StarletteResponse]]
+    ) -> None:
+        self.app.add_route(path, endpoint, methods=["POST"])
+
     async def endpoint(self, request: StarletteRequest) -> StarletteResponse:
-        res = await self.handler.handle(await to_core(request))
-        return StarletteResponse(res.body, status_code=res.status, headers=res.headers)
+        return to_response(await self.handler.handle(await to_core(request)))
+
+    def post(
+        self, path: str, *, id: str | None = None, retries: int = 4, on_failure: Any = None
+    ) -> Callable[[Callable[..., Any]], Function[Any]]:
+        """Make the route at `path` a workflow: a plain POST starts a run and answers
+        `{"workflowRunId": ...}`; the orchestrator calls the same route for each step."""
+        workflow = self.durable.workflow(path, id=id, retries=retries, on_failure=on_failure)
+
+        def decorate(handler: Callable[..., Any]) -> Function[Any]:
+            fn = workflow(handler)
+
+            async def endpoint(request: StarletteRequest) -> StarletteResponse:
+                req = await to_core(request)
+                if is_protocol_call(req):
+                    return to_response(await self.handler.handle(req))
+                return to_response(await start_async(self.durable, fn, req))
+
+            self._route(path, endpoint)
+            return fn
+
+        return decorate
+
+
+def to_response(res: Response) -> StarletteResponse:
+    return StarletteResponse(res.body, status_code=res.status, headers=res.headers)

@@ -72,6 +72,7 @@ class Function(Generic[T]):
         self.output_type = (
             output_type if output_type is not None else _serialize.return_type(handler)
         )
+        self.route_path: str | None = None  # set for route workflows: the route serves it
 
     @property
     def local_id(self) -> str:
@@ -98,6 +99,11 @@ class Function(Generic[T]):
 
     def configs(self, serve_url: str) -> list[dict[str, Any]]:
         """The FunctionConfig objects registered for this function (and its on_failure)."""
+        if self.route_path and serve_url.startswith(("http://", "https://")):
+            parts = urllib.parse.urlsplit(serve_url)
+            serve_url = urllib.parse.urlunsplit(
+                (parts.scheme, parts.netloc, self.route_path, "", "")
+            )
         opts = self.options.to_wire()
         retries = opts.pop("retries")
         opts.pop("id")
@@ -243,6 +249,35 @@ class Durable:
                 )
             fn: Function[Any] = Function(self, options, handler, on_failure, output_type)
             self._functions[options.id] = fn
+            return fn
+
+        return decorate
+
+    def workflow(
+        self,
+        path: str,
+        *,
+        id: str | None = None,
+        retries: int = 4,
+        on_failure: Handler | None = None,
+    ) -> Callable[[Callable[..., Any]], Function[Any]]:
+        """Declare a route workflow served at `path` (a handler taking a workflow context).
+
+        Adapters route `path` to it: `@serve.post(path)` (FastAPI, Starlette),
+        `@blueprint.workflow(path)` (Flask), `workflow_view(fn)` (Django).
+        """
+        from .workflow import WORKFLOW_EVENT, workflow_id, wrap
+
+        def decorate(handler: Callable[..., Any]) -> Function[Any]:
+            fn_id = id or workflow_id(path)
+            fn = self.function(
+                id=fn_id,
+                trigger=TriggerEvent(f"{WORKFLOW_EVENT}/{fn_id}"),
+                retries=retries,
+                on_failure=on_failure,
+                output_type=_serialize.return_type(handler),
+            )(wrap(handler))
+            fn.route_path = path
             return fn
 
         return decorate

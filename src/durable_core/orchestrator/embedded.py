@@ -11,6 +11,8 @@ Without a signing key and without dev mode, a key is generated once and kept in
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 
 from starlette.types import Receive, Scope, Send
 
-from ..errors import DurableError
+from ..errors import ConfigError, DurableError
 from ..events import Event
 from ..function import Durable
 from .api import Api, run_json
@@ -70,6 +72,7 @@ class Embedded:
         self._asgi: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
+        self._hosted: threading.Thread | None = None
 
     @property
     def db_path(self) -> str:
@@ -113,11 +116,127 @@ class Embedded:
         if self.durable.local is self:
             self.durable.local = None
 
+    # -- hosted on a thread of its own (WSGI apps: Flask, Django) ----------------------------
+
+    def start_in_thread(self, timeout: float = 30.0) -> bool:
+        """Run the orchestrator on a daemon thread with its own event loop.
+
+        Returns False when another process of the app already hosts it (one process owns the
+        SQLite file); this process then serves requests and takes over if that one stops.
+        """
+        if self._loop is not None:
+            return self.orchestrator is not None
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as err:
+                failure.append(err)
+            finally:
+                ready.set()
+            loop.run_forever()
+
+        self._hosted = threading.Thread(target=main, name="durable-orchestrator", daemon=True)
+        self._hosted.start()
+        ready.wait(timeout)
+        self._loop = loop
+        if failure:
+            if not isinstance(failure[0], ConfigError):
+                raise failure[0]
+            _log.warning(
+                "%s; this process serves requests and will take over if it stops", failure[0]
+            )
+            self.durable.local = self
+            asyncio.run_coroutine_threadsafe(self._take_over(), loop)
+            return False
+        atexit.register(self.stop_thread)
+        return True
+
+    async def _take_over(self, every: float = 2.0) -> None:
+        while self.orchestrator is None:
+            await asyncio.sleep(every)
+            try:
+                await self.start()
+            except ConfigError:
+                continue
+            _log.info("this process now hosts the embedded orchestrator")
+            atexit.register(self.stop_thread)
+
+    def stop_thread(self) -> None:
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._hosted is not None:
+            self._hosted.join(10)
+        self._loop = None
+
+    def call_api(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Answer a request to the orchestrator's API from sync code (path below /durable)."""
+        return self.call_blocking(self._asgi_call(method, path, query, headers, body))
+
+    async def _asgi_call(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method.upper(),
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": query.encode(),
+            "headers": [
+                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+            ],
+            "client": None,
+            "server": None,
+        }
+        sent = False
+        status, out_headers, chunks = 500, list[tuple[str, str]](), list[bytes]()
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                await (
+                    asyncio.Event().wait()
+                )  # no more body: wait for the disconnect that never comes
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                out_headers.extend(
+                    (k.decode("latin-1"), v.decode("latin-1"))
+                    for k, v in message.get("headers", [])
+                )
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self(scope, receive, send)  # type: ignore[arg-type]
+        return status, out_headers, b"".join(chunks)
+
     # -- the client calls of `Durable` ------------------------------------------------------
 
     def _orch(self) -> Orchestrator:
         if self.orchestrator is None:
-            raise DurableError("the embedded orchestrator is not running: start the app first")
+            raise DurableError(
+                "the embedded orchestrator is not running in this process (not started yet, or "
+                f"another process of the app hosts it on {self.db_path}); send from that process, "
+                "run a single worker, or run `durable dev` and set DURABLE_ORCHESTRATOR_URL"
+            )
         return self.orchestrator
 
     async def send(self, events: list[Event]) -> list[str]:
