@@ -32,11 +32,13 @@ from .errors import (
     StepError,
 )
 from .events import Event, Signal
-from .function import Durable, Function
+from .function import Durable, Function, RunFailedError
 from .serve import Request, Response, ServeHandler
+from .workflow import CallResponse, SyncWorkflowContext, WorkflowContext
 
 __all__ = [
     "Batch",
+    "CallResponse",
     "Cancel",
     "Concurrency",
     "ConfigError",
@@ -55,6 +57,7 @@ __all__ = [
     "Request",
     "Response",
     "RetryAfterError",
+    "RunFailedError",
     "SerializationError",
     "ServeHandler",
     "Signal",
@@ -62,10 +65,12 @@ __all__ = [
     "Singleton",
     "StepError",
     "SyncContext",
+    "SyncWorkflowContext",
     "Throttle",
     "Timeouts",
     "TriggerCron",
     "TriggerEvent",
+    "WorkflowContext",
     "format_duration",
     "parse_duration",
 ]
