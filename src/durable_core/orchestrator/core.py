@@ -140,17 +140,14 @@ class Machine:
 
     async def resolve(self, tx: Tx, run_id: str, step: str, memo: Any) -> bool:
         """Store a memo (first write wins); queue one discovery when nothing else is pending."""
-        if not await tx.put_memo(run_id, step, memo):
+        run = await tx.lock_run(run_id)
+        if run is None or run.status.finished or not await tx.put_memo(run_id, step, memo):
             return False
         await tx.end_history(run_id, step, now_ms(), memo)
         if await tx.remove_pending(run_id, step) == 0:
-            run = await tx.get_run(run_id)
-            if run is not None and not run.status.finished:
-                payload = {"disable_immediate_execution": True} if run.batch_parallel else None
-                await tx.enqueue(run_id, ItemKind.DISCOVERY, payload=payload)
-                await tx.update_run(
-                    run_id, status=RunStatus.RUNNING, reason=None, batch_parallel=False
-                )
+            payload = {"disable_immediate_execution": True} if run.batch_parallel else None
+            await tx.enqueue(run_id, ItemKind.DISCOVERY, payload=payload)
+            await tx.update_run(run_id, status=RunStatus.RUNNING, reason=None, batch_parallel=False)
         return True
 
     # -- requests ---------------------------------------------------------------------------
@@ -181,7 +178,8 @@ class Machine:
         self, tx: Tx, item: QueueItem, run: RunRecord, res: CallResult, started: int
     ) -> None:
         """Advance `run` with the app's answer to `item` (the item is consumed)."""
-        await tx.delete_item(item.id)
+        if not await tx.delete_item(item.id):
+            return  # its lease ran out and another worker answered it already
         if res.status == 200:
             await self.finish(tx, run, RunStatus.COMPLETED, output=res.body)
         elif (
@@ -457,7 +455,8 @@ class Machine:
 
     async def resume(self, tx: Tx, item: QueueItem) -> None:
         """A timer fired: a sleep ended, or a wait, signal or invoke timed out."""
-        await tx.delete_item(item.id)
+        if not await tx.delete_item(item.id):
+            return
         payload = item.payload or {}
         assert item.step is not None
         only_if = payload.get("only_if")

@@ -169,7 +169,7 @@ class Orchestrator:
         self, run_id: str, reason: str = "cancelled through the API"
     ) -> RunRecord | None:
         async with self.store.transaction() as tx:
-            run = await tx.get_run(run_id)
+            run = await tx.lock_run(run_id)
             if run is not None and not run.status.finished:
                 await self.machine.finish(tx, run, RunStatus.CANCELLED, reason=reason)
                 run = await tx.get_run(run_id)
@@ -280,7 +280,7 @@ class Orchestrator:
         if stored:  # steps were checkpointed, so what the answer reports is a later step's attempt
             item = dataclasses.replace(item, attempt=0)
         async with self.store.transaction() as tx:
-            current = await tx.get_run(run.run_id)
+            current = await tx.lock_run(run.run_id)
             if current is None or current.status.finished:
                 await tx.delete_item(item.id)
                 return

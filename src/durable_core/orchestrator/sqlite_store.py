@@ -203,6 +203,9 @@ class SqliteTx(Tx):
         rows = self._all("SELECT * FROM runs WHERE run_id=?", (run_id,))
         return _run(rows[0]) if rows else None
 
+    async def lock_run(self, run_id: str) -> RunRecord | None:
+        return await self.get_run(run_id)  # a SQLite transaction already excludes all others
+
     async def run_status(self, run_id: str) -> RunStatus | None:
         row = self.db.execute("SELECT status FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return None if row is None else RunStatus(row[0])
@@ -343,8 +346,8 @@ class SqliteTx(Tx):
     async def extend_lease(self, item_id: int, until: int) -> None:
         self.db.execute("UPDATE queue SET lease_until=? WHERE id=?", (until, item_id))
 
-    async def delete_item(self, item_id: int) -> None:
-        self.db.execute("DELETE FROM queue WHERE id=?", (item_id,))
+    async def delete_item(self, item_id: int) -> bool:
+        return self.db.execute("DELETE FROM queue WHERE id=?", (item_id,)).rowcount == 1
 
     async def delete_run_items(self, run_id: str) -> None:
         self.db.execute("DELETE FROM queue WHERE run_id=?", (run_id,))

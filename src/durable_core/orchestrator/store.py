@@ -165,6 +165,10 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> RunRecord | None: ...
     @abc.abstractmethod
+    async def lock_run(self, run_id: str) -> RunRecord | None:
+        """The run, locked for the rest of the transaction (changes to one run are serialized)."""
+
+    @abc.abstractmethod
     async def run_status(self, run_id: str) -> RunStatus | None: ...
     @abc.abstractmethod
     async def update_run(self, run_id: str, **fields: Any) -> None: ...
@@ -212,7 +216,9 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     async def extend_lease(self, item_id: int, until: int) -> None: ...
     @abc.abstractmethod
-    async def delete_item(self, item_id: int) -> None: ...
+    async def delete_item(self, item_id: int) -> bool:
+        """Consume a queue item; False if it was gone (another worker consumed it)."""
+
     @abc.abstractmethod
     async def delete_run_items(self, run_id: str) -> None: ...
     @abc.abstractmethod
