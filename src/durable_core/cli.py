@@ -127,6 +127,108 @@ def dev(
 
 
 @main.command()
+@click.option(
+    "--database",
+    required=True,
+    envvar="DURABLE_DATABASE_URL",
+    help="postgresql://... (or sqlite:///path.db for one process).",
+)
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=8288, show_default=True, type=int)
+@click.option(
+    "--workers",
+    default=64,
+    show_default=True,
+    type=int,
+    help="Requests to apps run at once by this process.",
+)
+@click.option(
+    "--signing-key",
+    envvar="DURABLE_SIGNING_KEY",
+    default=None,
+    help="Hex key shared with the apps (or DURABLE_SIGNING_KEY).",
+)
+@click.option(
+    "--event-key",
+    "event_keys",
+    multiple=True,
+    help="A key accepted at /e/<key> (repeatable; or DURABLE_EVENT_KEYS=k1,k2).",
+)
+@click.option(
+    "--lease",
+    default=30.0,
+    show_default=True,
+    help="Seconds before a dead process's work is taken over.",
+)
+@click.option("--log-level", default="info", show_default=True)
+def start(
+    database: str,
+    host: str,
+    port: int,
+    workers: int,
+    signing_key: str | None,
+    event_keys: tuple[str, ...],
+    lease: float,
+    log_level: str,
+) -> None:
+    """Run the orchestrator in production: signed requests, known event keys, any number of
+    processes on one PostgreSQL database."""
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from .orchestrator.api import Api
+    from .orchestrator.runtime import Orchestrator
+    from .orchestrator.stores import open_store
+    from .signing import hashed_signing_key
+
+    keys = list(event_keys) or [
+        k for k in os.environ.get("DURABLE_EVENT_KEYS", "").split(",") if k.strip()
+    ]
+    if not signing_key:
+        raise click.UsageError(
+            "production needs a signing key: pass --signing-key or set DURABLE_SIGNING_KEY (generate one "
+            "with `python -c 'import secrets; print(secrets.token_hex(32))'`) and give the same key to the apps"
+        )
+    if not keys:
+        raise click.UsageError(
+            "production needs at least one event key: pass --event-key KEY or set DURABLE_EVENT_KEYS=k1,k2, "
+            "and send events to /e/KEY"
+        )
+    try:
+        hashed_signing_key(signing_key)
+    except Exception as err:
+        raise click.UsageError(str(err)) from None
+    if lease <= 0:
+        raise click.BadParameter("must be positive", param_hint="--lease")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    store = open_store(database)
+    orch = Orchestrator(
+        store,
+        signing_key=signing_key,
+        event_keys=[k.strip() for k in keys],
+        concurrency=workers,
+        lease_ms=int(lease * 1000),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        await orch.start()
+        try:
+            yield
+        finally:
+            await orch.stop()
+
+    api = Starlette(routes=Api(orch).routes(), lifespan=lifespan)
+    click.echo(
+        f"durable start: http://{host}:{port} ({type(store).__name__}, {len(keys)} event key(s), {workers} workers)"
+    )
+    uvicorn.run(api, host=host, port=port, log_level="warning")
+
+
+@main.command()
 @click.argument("name")
 @click.option("--data", default="{}", help="Event data as a JSON object.")
 @click.option("--id", "event_id", default=None, help="Idempotency id.")

@@ -1,7 +1,8 @@
 """Embedded mode: the orchestrator runs inside the app's process, on SQLite under `.durable/`,
 calling the app's functions in-process. Adapters start and stop it with the app.
 
-`DURABLE_DIR` moves the directory; `DURABLE_FAST_RETRIES=1` shrinks the retry backoff to
+`DURABLE_DIR` moves the directory; `DURABLE_DATABASE_URL` (`postgresql://...`) puts the store in
+PostgreSQL instead, where every worker process of the app can run its own orchestrator; `DURABLE_FAST_RETRIES=1` shrinks the retry backoff to
 50 ms, 100 ms, ... for development and tests.
 
 Without a signing key and without dev mode, a key is generated once and kept in
@@ -30,6 +31,7 @@ from .api import Api, run_json
 from .core import DEFAULT_BACKOFF, FAST_BACKOFF
 from .runtime import Orchestrator
 from .sqlite_store import SqliteStore
+from .stores import open_store
 
 T = TypeVar("T")
 _log = logging.getLogger("durable.orchestrator")
@@ -60,8 +62,10 @@ class Embedded:
         directory: str | None = None,
         backoff: Sequence[float] | None = None,
         concurrency: int = 64,
+        database: str | None = None,
     ) -> None:
         self.durable = durable
+        self.database = database or os.environ.get("DURABLE_DATABASE_URL") or None
         self.directory = directory or os.environ.get("DURABLE_DIR") or DEFAULT_DIRECTORY
         fast = os.environ.get("DURABLE_FAST_RETRIES", "").lower() in ("1", "true", "yes")
         self.backoff = backoff if backoff is not None else FAST_BACKOFF if fast else DEFAULT_BACKOFF
@@ -83,8 +87,9 @@ class Embedded:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         production = not d.dev
+        store = open_store(self.database) if self.database else SqliteStore(self.db_path)
         orch = Orchestrator(
-            SqliteStore(self.db_path),
+            store,
             signing_key=d.signing_key if production else None,
             event_keys=([d.event_key] if d.event_key else []) if production else None,
             backoff=self.backoff,

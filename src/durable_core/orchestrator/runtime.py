@@ -69,6 +69,7 @@ class Orchestrator:
         self._stopping = False
         self._listeners: list[Listener] = []
         self._run_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def production(self) -> bool:
@@ -77,6 +78,7 @@ class Orchestrator:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.store.open()
         async with self.store.transaction() as tx:
             functions = await tx.list_functions()
             released = await tx.release_leases()
@@ -85,7 +87,22 @@ class Orchestrator:
         if released:
             _log.info("resuming %d queue item(s) left in flight", released)
         self._stopping = False
+        await self.store.subscribe(self._notified)
         self._dispatcher = asyncio.create_task(self._dispatch(), name="durable-dispatcher")
+
+    def _notified(self, what: str) -> None:
+        """Another process queued work or changed functions (shared stores)."""
+        if what == "functions":
+            task = asyncio.create_task(self.reload_functions())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        self._wake.set()
+
+    async def reload_functions(self) -> None:
+        async with self.store.transaction() as tx:
+            functions = await tx.list_functions()
+        self.machine.functions = {f.fn_id: f for f in functions}
+        self.machine.reindex()
 
     async def stop(self) -> None:
         self._stopping = True

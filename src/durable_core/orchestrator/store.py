@@ -10,7 +10,7 @@ import abc
 import dataclasses
 import enum
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -224,7 +224,8 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     async def next_available_at(self) -> int | None: ...
     @abc.abstractmethod
-    async def release_leases(self) -> int: ...
+    async def release_leases(self) -> int:
+        """On start: free leases no live process can hold (all of them, for a one-owner store)."""
 
     # waits for events, and waits for signals
     @abc.abstractmethod
@@ -245,7 +246,19 @@ class Tx(abc.ABC):
     async def remove_signal(self, run_id: str, step: str) -> bool: ...
 
 
+Notify = Callable[[str], None]
+
+
 class Store(abc.ABC):
+    #: Whether several orchestrator processes may share this store.
+    shared: bool = False
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect and migrate (stores that need I/O to open)."""
+
+    async def subscribe(self, on_notify: Notify) -> None:  # noqa: B027 - optional hook
+        """Call `on_notify("queue" | "functions")` when another process changes them."""
+
     @abc.abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Tx]: ...
 
@@ -260,6 +273,7 @@ __all__ = [
     "FunctionRecord",
     "HistoryRecord",
     "ItemKind",
+    "Notify",
     "QueueItem",
     "RunFilter",
     "RunRecord",
