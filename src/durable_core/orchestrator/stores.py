@@ -1,9 +1,21 @@
-"""Choose a store by URL: `sqlite:///path/to/file.db` (or a plain path) or `postgresql://...`."""
+"""Choose a store by URL: `sqlite:///relative.db`, `sqlite:////absolute/path.db` (or a plain
+path), or `postgresql://user@host:5432/db[?schema=name]`."""
 
 from __future__ import annotations
 
+import urllib.parse
+
 from ..errors import ConfigError
 from .store import Store
+
+
+def _take_schema(url: str) -> tuple[str, str | None]:
+    """`?schema=name` puts the tables in that schema (created if missing); libpq never sees it."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "schema"])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), schema
 
 
 def open_store(url: str) -> Store:
@@ -13,23 +25,19 @@ def open_store(url: str) -> Store:
             from .pg_store import PostgresStore
         except ImportError:
             raise ConfigError("PostgreSQL needs psycopg: pip install 'durable[postgres]'") from None
-        return PostgresStore(url)
-    if url.startswith("sqlite://"):
-        path = url.removeprefix("sqlite://")
-        path = path[1:] if path.startswith("/") and not path.startswith("//") else path
-        if path.startswith("//"):
-            path = path[1:]
+        dsn, schema = _take_schema(url)
+        return PostgresStore(dsn, schema=schema)
+    from .sqlite_store import SqliteStore
+
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
         if not path:
             raise ConfigError(
-                f"{url!r} names no file: use sqlite:///relative.db or sqlite:////abs/path.db"
+                f"{url!r} names no file: use sqlite:///relative.db or sqlite:////abs.db"
             )
-        from .sqlite_store import SqliteStore
-
         return SqliteStore(path)
     if "://" in url:
         raise ConfigError(
             f"unsupported database URL {url!r}: use sqlite:///path.db or postgresql://..."
         )
-    from .sqlite_store import SqliteStore
-
     return SqliteStore(url)
