@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import socket
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +27,54 @@ SERVE_PATH = "/api/durable"
 FRAMEWORKS = ["fastapi", "starlette"]
 SERVER_START_DEADLINE = 10.0
 SERVER_STOP_GRACE = 3
+
+
+# PostgreSQL: CI always runs these tests (and fails if the server is unreachable); elsewhere
+# they run when DURABLE_TEST_POSTGRES_URL is set.
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_URL = os.environ.get("DURABLE_TEST_POSTGRES_URL") or (
+    "postgresql://postgres@127.0.0.1:5432/test" if IN_CI else None
+)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """A reachable PostgreSQL server for the tests."""
+    if PG_URL is None:
+        pytest.skip("PostgreSQL tests run in CI, or with DURABLE_TEST_POSTGRES_URL set")
+    import psycopg
+
+    try:
+        psycopg.connect(PG_URL, connect_timeout=5).close()
+    except psycopg.OperationalError as err:
+        message = f"PostgreSQL at {PG_URL} is unreachable: {err}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return PG_URL
+
+
+def _with_schema(url: str, schema: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}schema={schema}"
+
+
+@pytest.fixture
+def pg_schema_url(pg_url: str) -> Iterator[str]:
+    """A database URL whose tables live in a fresh schema, dropped afterwards."""
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    yield _with_schema(pg_url, schema)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store in turn: a SQLite file, then a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/durable.db"
+    return str(request.getfixturevalue("pg_schema_url"))
 
 
 @pytest.fixture(autouse=True)
