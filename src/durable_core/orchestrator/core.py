@@ -109,7 +109,8 @@ class Machine:
                 ):
                     continue
                 await self.start_run(tx, fn, [wire])
-            for wait in await tx.candidate_waits(wire):
+            waits = sorted(await tx.candidate_waits(wire), key=lambda w: (w.run_id, w.step))
+            for wait in waits:  # in one order everywhere, so two intakes cannot deadlock
                 variables = {"event": wait.trigger_event, "async": wire}
                 if expressions.matches(wait.expression, variables) and await tx.remove_wait(
                     wait.run_id, wait.step

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
+import psycopg.errors
 import psycopg_pool
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -491,6 +492,14 @@ class PostgresStore(Store):
             )
         )
         self._listener: asyncio.Task[None] | None = None
+
+    def transient(self, err: BaseException) -> bool:
+        return isinstance(
+            err,
+            psycopg.errors.DeadlockDetected
+            | psycopg.errors.SerializationFailure
+            | psycopg.errors.LockNotAvailable,
+        )
 
     async def open(self) -> None:
         if self.schema:

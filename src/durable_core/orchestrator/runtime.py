@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 
@@ -28,9 +29,12 @@ from .store import (
     RunRecord,
     RunStatus,
     Store,
+    Tx,
     now_ms,
 )
 from .transport import CallResult, HttpTransport, InProcessTransport
+
+T = TypeVar("T")
 
 _log = logging.getLogger("durable.orchestrator")
 
@@ -158,9 +162,21 @@ class Orchestrator:
 
     # -- intake -----------------------------------------------------------------------------
 
+    async def atomic(self, body: Callable[[Tx], Awaitable[T]], attempts: int = 5) -> T:
+        """Run `body` in one transaction, again if the store says the failure was transient."""
+        for attempt in range(attempts):
+            try:
+                async with self.store.transaction() as tx:
+                    return await body(tx)
+            except Exception as err:
+                if attempt + 1 >= attempts or not self.store.transient(err):
+                    raise
+                await asyncio.sleep(0.005 * 2**attempt * (1 + random.random()))
+        raise AssertionError("unreachable")
+
     async def send(self, events: Sequence[Event]) -> list[str]:
-        async with self.store.transaction() as tx:
-            ids = await self.machine.ingest(tx, list(events))
+        batch = list(events)
+        ids = await self.atomic(lambda tx: self.machine.ingest(tx, batch))
         self._wake.set()
         return ids
 
@@ -169,27 +185,32 @@ class Orchestrator:
         if fn is None:
             raise KeyError(fn_id)
         event = {"name": "inngest/function.invoked", "data": data, "ts": now_ms()}
-        async with self.store.transaction() as tx:
-            run_id = await self.machine.start_run(tx, fn, [event])
+        run_id = await self.atomic(lambda tx: self.machine.start_run(tx, fn, [event]))
         self._wake.set()
         return run_id
 
     async def signal(self, name: str, data: Any) -> str | None:
-        async with self.store.transaction() as tx:
+        async def body(tx: Tx) -> str | None:
             found = await tx.take_signal(name)
             if found is not None:
                 await self.machine.resolve(tx, found[0], found[1], {"signal": name, "data": data})
+            return None if found is None else found[0]
+
+        run_id = await self.atomic(body)
         self._wake.set()
-        return None if found is None else found[0]
+        return run_id
 
     async def cancel(
         self, run_id: str, reason: str = "cancelled through the API"
     ) -> RunRecord | None:
-        async with self.store.transaction() as tx:
+        async def body(tx: Tx) -> RunRecord | None:
             run = await tx.lock_run(run_id)
             if run is not None and not run.status.finished:
                 await self.machine.finish(tx, run, RunStatus.CANCELLED, reason=reason)
                 run = await tx.get_run(run_id)
+            return run
+
+        run = await self.atomic(body)
         self._wake.set()
         self._settled(run_id)
         return run
@@ -267,8 +288,7 @@ class Orchestrator:
 
     async def _process(self, item: QueueItem) -> None:
         if item.kind is ItemKind.RESUME:
-            async with self.store.transaction() as tx:
-                await self.machine.resume(tx, item)
+            await self.atomic(lambda tx: self.machine.resume(tx, item))
             self._wake.set()
             return
         async with self.store.transaction() as tx:
@@ -296,13 +316,17 @@ class Orchestrator:
         result = await self._call(fn, item, request, stored)
         if stored:  # steps were checkpointed, so what the answer reports is a later step's attempt
             item = dataclasses.replace(item, attempt=0)
-        async with self.store.transaction() as tx:
+        answered = item
+
+        async def body(tx: Tx) -> RunRecord | None:
             current = await tx.lock_run(run.run_id)
             if current is None or current.status.finished:
-                await tx.delete_item(item.id)
-                return
-            await self.machine.apply(tx, item, current, result, started)
-            after = await tx.get_run(run.run_id)
+                await tx.delete_item(answered.id)
+                return None
+            await self.machine.apply(tx, answered, current, result, started)
+            return await tx.get_run(run.run_id)
+
+        after = await self.atomic(body)
         self._wake.set()
         self._report(fn, item, result, after)
 

@@ -253,6 +253,10 @@ class Store(abc.ABC):
     #: Whether several orchestrator processes may share this store.
     shared: bool = False
 
+    def transient(self, err: BaseException) -> bool:
+        """Whether a failed transaction may simply be run again (a deadlock, say)."""
+        return False
+
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect and migrate (stores that need I/O to open)."""
 
