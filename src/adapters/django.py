@@ -139,9 +139,11 @@ def serving_process(argv: list[str] | None = None) -> bool:
     argv = sys.argv if argv is None else argv
     if os.environ.get("RUN_MAIN") == "true":
         return True
-    program = os.path.basename(argv[0]) if argv else ""
-    if program in ("manage.py", "django-admin", "django-admin.py") and len(argv) > 1:
-        return argv[1] == "runserver" and "--noreload" in argv
+    if len(argv) > 1:
+        from django.core.management import get_commands
+
+        if argv[1] in get_commands():  # manage.py, django-admin, python -m django, ...
+            return argv[1] == "runserver" and "--noreload" in argv
     return True
 
 

@@ -71,7 +71,7 @@ class Serve:
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Any) -> AsyncIterator[Any]:
-            await embedded.start()
+            await embedded.start_or_forward()
             try:
                 async with inner(app) as state:
                     yield state

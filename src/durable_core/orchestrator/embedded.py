@@ -2,8 +2,12 @@
 calling the app's functions in-process. Adapters start and stop it with the app.
 
 `DURABLE_DIR` moves the directory; `DURABLE_DATABASE_URL` (`postgresql://...`) puts the store in
-PostgreSQL instead, where every worker process of the app can run its own orchestrator; `DURABLE_FAST_RETRIES=1` shrinks the retry backoff to
-50 ms, 100 ms, ... for development and tests.
+PostgreSQL instead, where every worker process of the app runs an orchestrator of its own;
+`DURABLE_FAST_RETRIES=1` shrinks the retry backoff to 50 ms, 100 ms, ... for development.
+
+On SQLite one process of the app owns the store and hosts the orchestrator; the other worker
+processes of a multi-process server forward events, invokes and API requests to it over a Unix
+socket, and one of them takes over if the host stops.
 
 Without a signing key and without dev mode, a key is generated once and kept in
 `.durable/signing-key`, so the app's endpoint still refuses unsigned requests.
@@ -14,23 +18,28 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import secrets
+import tempfile
 import threading
+import weakref
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from starlette.types import Receive, Scope, Send
 
-from ..errors import ConfigError, DurableError
+from .._execute import run_coroutine_blocking
+from ..errors import DurableError
 from ..events import Event
 from ..function import Durable
+from . import local_socket
 from .api import Api, run_json
 from .core import DEFAULT_BACKOFF, FAST_BACKOFF
 from .runtime import Orchestrator
-from .sqlite_store import SqliteStore
+from .sqlite_store import SqliteStore, StoreLockedError
 from .stores import open_store
 
 T = TypeVar("T")
@@ -53,7 +62,7 @@ def load_or_create_key(directory: str) -> str:
 
 
 class Embedded:
-    """The orchestrator of one app, in the app's process."""
+    """The orchestrator of one app, in the app's process (or forwarded to the process hosting it)."""
 
     def __init__(
         self,
@@ -72,15 +81,28 @@ class Embedded:
         self.concurrency = concurrency
         if not durable.dev and not durable.signing_key:
             durable.signing_key = load_or_create_key(self.directory)
+        self._reset()
+        reset = weakref.WeakMethod(self._reset)
+        os.register_at_fork(after_in_child=lambda: (m := reset()) and m())  # a fork starts afresh
+
+    def _reset(self) -> None:
         self.orchestrator: Orchestrator | None = None
+        self.forwarding = False  # another process hosts it; this one forwards to its socket
         self._asgi: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
         self._hosted: threading.Thread | None = None
+        self._socket: asyncio.AbstractServer | None = None
+        self._taking_over: asyncio.Future[None] | None = None
 
     @property
     def db_path(self) -> str:
         return os.path.join(self.directory, "durable.db")
+
+    @property
+    def socket_path(self) -> str:
+        digest = hashlib.sha1(os.path.abspath(self.db_path).encode()).hexdigest()[:16]
+        return os.path.join(tempfile.gettempdir(), f"durable-{digest}.sock")
 
     async def start(self) -> Orchestrator:
         d = self.durable
@@ -108,12 +130,48 @@ class Embedded:
             }
         )
         self.orchestrator = orch
+        self.forwarding = False
         self._asgi = Api(orch).app()
+        if not store.shared:
+            self._socket = await local_socket.serve(self.socket_path, self)
         d.local = self
-        _log.info("embedded orchestrator started (%s, %d functions)", self.db_path, len(configs))
+        _log.info(
+            "embedded orchestrator started (%s, %d functions)",
+            self.database or self.db_path,
+            len(configs),
+        )
         return orch
 
+    async def start_or_forward(self) -> bool:
+        """Start here, or, if another process owns the SQLite file, forward to it (and take
+        over when it stops). True when this process hosts the orchestrator."""
+        try:
+            await self.start()
+        except StoreLockedError:
+            self._forward()
+            self._taking_over = asyncio.ensure_future(self._take_over())
+            return False
+        return True
+
+    def _forward(self) -> None:
+        _log.info(
+            "another process of app %r hosts the embedded orchestrator (%s); this process "
+            "forwards events and API requests to it, and takes over if it stops",
+            self.durable.app_id,
+            self.db_path,
+        )
+        self.forwarding = True
+        self.durable.local = self
+
     async def stop(self) -> None:
+        if self._taking_over is not None:
+            self._taking_over.cancel()
+            self._taking_over = None
+        if self._socket is not None:
+            self._socket.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
+            self._socket = None
         if self.orchestrator is not None:
             await self.orchestrator.stop()
             self.orchestrator = None
@@ -127,7 +185,7 @@ class Embedded:
         """Run the orchestrator on a daemon thread with its own event loop.
 
         Returns False when another process of the app already hosts it (one process owns the
-        SQLite file); this process then serves requests and takes over if that one stops.
+        SQLite file); this process then forwards to it, and takes over if that one stops.
         """
         if self._loop is not None:
             return self.orchestrator is not None
@@ -150,12 +208,9 @@ class Embedded:
         ready.wait(timeout)
         self._loop = loop
         if failure:
-            if not isinstance(failure[0], ConfigError):
+            if not isinstance(failure[0], StoreLockedError):
                 raise failure[0]
-            _log.warning(
-                "%s; this process serves requests and will take over if it stops", failure[0]
-            )
-            self.durable.local = self
+            self._forward()
             asyncio.run_coroutine_threadsafe(self._take_over(), loop)
             return False
         atexit.register(self.stop_thread)
@@ -166,7 +221,7 @@ class Embedded:
             await asyncio.sleep(every)
             try:
                 await self.start()
-            except ConfigError:
+            except StoreLockedError:
                 continue
             _log.info("this process now hosts the embedded orchestrator")
             atexit.register(self.stop_thread)
@@ -184,70 +239,59 @@ class Embedded:
 
     def call_api(
         self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
+    ) -> local_socket.Answer:
         """Answer a request to the orchestrator's API from sync code (path below /durable)."""
-        return self.call_blocking(self._asgi_call(method, path, query, headers, body))
+        if self.orchestrator is None and self.forwarding:
+            return self._forwarded(method, path, query, headers, body)
+        return self.call_blocking(local_socket.call_asgi(self, method, path, query, headers, body))
 
-    async def _asgi_call(
+    def _forwarded(
         self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method.upper(),
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "root_path": "",
-            "query_string": query.encode(),
-            "headers": [
-                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
-            ],
-            "client": None,
-            "server": None,
-        }
-        sent = False
-        status, out_headers, chunks = 500, list[tuple[str, str]](), list[bytes]()
+    ) -> local_socket.Answer:
+        try:
+            return local_socket.forward(self.socket_path, method, path, query, headers, body)
+        except OSError as err:
+            return self._unreachable(err)
 
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                await (
-                    asyncio.Event().wait()
-                )  # no more body: wait for the disconnect that never comes
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                out_headers.extend(
-                    (k.decode("latin-1"), v.decode("latin-1"))
-                    for k, v in message.get("headers", [])
-                )
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        await self(scope, receive, send)  # type: ignore[arg-type]
-        return status, out_headers, b"".join(chunks)
+    def _unreachable(self, err: Exception) -> local_socket.Answer:
+        msg = f"the process hosting the embedded orchestrator does not answer ({err}); one of this app's processes takes over within seconds: retry"
+        return 503, [("content-type", "application/json")], json.dumps({"error": msg}).encode()
 
     # -- the client calls of `Durable` ------------------------------------------------------
 
     def _orch(self) -> Orchestrator:
         if self.orchestrator is None:
             raise DurableError(
-                "the embedded orchestrator is not running in this process (not started yet, or "
-                f"another process of the app hosts it on {self.db_path}); send from that process, "
-                "run a single worker, or run `durable dev` and set DURABLE_ORCHESTRATOR_URL"
+                "the embedded orchestrator is not running in this process: start the app first, "
+                "or run `durable dev` and set DURABLE_ORCHESTRATOR_URL"
             )
         return self.orchestrator
 
+    async def _forward_json(self, path: str, body: Any) -> Any:
+        headers = {"content-type": "application/json", **self.durable._api_headers()}
+        try:
+            status, _, raw = await local_socket.forward_async(
+                self.socket_path, "POST", path, "", headers, json.dumps(body).encode()
+            )
+        except OSError as err:
+            raise DurableError(json.loads(self._unreachable(err)[2])["error"]) from None
+        answer = json.loads(raw) if raw else {}
+        if status >= 400:
+            raise DurableError(
+                f"the orchestrator answered HTTP {status}: {answer.get('error', answer)}"
+            )
+        return answer
+
     async def send(self, events: list[Event]) -> list[str]:
+        if self.orchestrator is None and self.forwarding:
+            answer = await self._forward_json("/v1/events", [e.to_wire() for e in events])
+            return [str(i) for i in answer["ids"]]
         return await self._orch().send(events)
 
     async def invoke(self, fn_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.orchestrator is None and self.forwarding:
+            answer: dict[str, Any] = await self._forward_json(f"/v1/functions/{fn_id}/invoke", body)
+            return answer
         orch = self._orch()
         try:
             run_id = await orch.invoke(fn_id, body.get("data") or {})
@@ -260,9 +304,8 @@ class Embedded:
         return run_json(run)
 
     def call_blocking(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._loop is None:
-            coro.close()
-            raise DurableError("the embedded orchestrator is not running: start the app first")
+        if self._loop is None:  # never started here (a forked worker before its first request)
+            return run_coroutine_blocking(coro)
         if threading.get_ident() == self._thread:
             coro.close()
             raise DurableError(
@@ -274,17 +317,36 @@ class Embedded:
     # -- the API, mounted in the app --------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._asgi is None:
-            if scope["type"] != "http":
-                return
-            body = json.dumps({"error": "the embedded orchestrator is not running yet"}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 503,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+        if self._asgi is not None:
+            await self._asgi(scope, receive, send)
             return
-        await self._asgi(scope, receive, send)
+        if scope["type"] != "http":
+            return
+        if self.forwarding:
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            query = scope.get("query_string", b"").decode("latin-1")
+            try:
+                status, out, payload = await local_socket.forward_async(
+                    self.socket_path, scope["method"], scope["path"], query, headers, body
+                )
+            except OSError as err:
+                status, out, payload = self._unreachable(err)
+        else:
+            status, out = 503, [("content-type", "application/json")]
+            payload = json.dumps(
+                {"error": "the embedded orchestrator is not running yet: it starts with the app"}
+            ).encode()
+        raw = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in out
+            if k.lower() != "content-length"
+        ]
+        raw.append((b"content-length", str(len(payload)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": payload})

@@ -104,6 +104,10 @@ def _run(row: sqlite3.Row) -> RunRecord:
 _RUN_JSON = {"events", "output", "error"}
 
 
+class StoreLockedError(ConfigError):
+    """Another process owns this SQLite file."""
+
+
 class SqliteTx(Tx):
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -442,7 +446,7 @@ class SqliteStore(Store):
                 fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 self._lock_file.close()
-                raise ConfigError(
+                raise StoreLockedError(
                     f"another orchestrator process already uses {path}; stop it, or give this one "
                     "its own database (a SQLite store has one owner; use PostgreSQL to share)"
                 ) from None

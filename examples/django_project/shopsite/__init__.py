@@ -1,0 +1,1 @@
+"""The shop site: settings, URLs, the durable functions (workflows.py), WSGI and ASGI entry points."""
