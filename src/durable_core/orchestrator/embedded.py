@@ -201,7 +201,11 @@ class Embedded:
                 failure.append(err)
             finally:
                 ready.set()
-            loop.run_forever()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
 
         self._hosted = threading.Thread(target=main, name="durable-orchestrator", daemon=True)
         self._hosted.start()
