@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from .apps import FRAMEWORKS, start
@@ -24,6 +26,7 @@ class ServedApp:
     """A served app, driven over HTTP: its events, route workflows and the /durable API."""
 
     framework: str
+    store: str
     base_url: str
     app_id: str
     http: httpx.Client
@@ -88,19 +91,36 @@ class ServedApp:
             time.sleep(POLL_EVERY)
 
 
-@pytest.fixture(scope="module", params=FRAMEWORKS)
+STORES = ("sqlite", "postgres")
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(f, s) for s in STORES for f in FRAMEWORKS],
+    ids=[f"{f}-{s}" for s in STORES for f in FRAMEWORKS],
+)
 def served_app(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServedApp]:
     """The framework's app under its real server, with a real embedded orchestrator on a fresh
-    database and fast retries; one per framework per module."""
-    framework: str = request.param
+    database (a SQLite file, or a PostgreSQL schema) and fast retries; one per module."""
+    framework, store = request.param
+    schema = None
     with pytest.MonkeyPatch.context() as env:  # read when the app's orchestrator is created
         env.setenv("DURABLE_DIR", str(tmp_path_factory.mktemp(f"durable-{framework}")))
         env.setenv("DURABLE_FAST_RETRIES", "1")
+        if store == "postgres":
+            pg_url: str = request.getfixturevalue("pg_url")
+            schema = f"scn_{uuid.uuid4().hex[:12]}"
+            env.setenv(
+                "DURABLE_DATABASE_URL", f"{pg_url}{'&' if '?' in pg_url else '?'}schema={schema}"
+            )
         running = start(framework)
     try:
         with httpx.Client(base_url=running.base_url, timeout=HTTP_TIMEOUT) as http:
-            yield ServedApp(framework, running.base_url, running.app_id, http)
+            yield ServedApp(framework, store, running.base_url, running.app_id, http)
     finally:
         running.stop()
+        if schema is not None:
+            with psycopg.connect(request.getfixturevalue("pg_url"), autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

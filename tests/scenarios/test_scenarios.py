@@ -50,7 +50,7 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 
 def tag(app: ServedApp, scenario: str, mode: str) -> str:
-    return f"{app.framework}-{scenario}-{mode}"
+    return f"{app.framework}-{app.store}-{scenario}-{mode}"
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +247,7 @@ def test_handler_args_and_partial(kicked_off: ServedApp, mode: str) -> None:
 
 def test_route_workflow(served_app: ServedApp, mode: str) -> None:
     app = served_app
-    mine = f"{app.framework}-workflow-{mode}"
+    mine = f"{app.framework}-{app.store}-workflow-{mode}"
     payload = {"n": 7, "tag": mine, "callback": f"{app.base_url}/scn/flaky/{mine}"}
     res = app.post(WORKFLOW_PATHS[mode], payload)
     assert res.status_code == 200, res.text
