@@ -32,6 +32,8 @@ def hashed_signing_key(key: str) -> str:
     raw = strip_prefix(key)
     try:
         decoded = bytes.fromhex(raw)
+        if not decoded:
+            raise ValueError("empty")
     except ValueError:
         raise SignatureError(
             "the signing key must be hex (optionally prefixed 'signkey-<env>-'); "

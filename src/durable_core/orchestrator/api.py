@@ -262,7 +262,7 @@ class Api:
 
     async def apps(self, request: Request) -> Response:
         self._authorize(request)
-        async with self.orch.store.transaction() as tx:
+        async with self.orch.store.snapshot() as tx:
             apps = await tx.list_apps()
         return JSONResponse({"data": [
             {"app_id": a.app_id, "url": a.url, "sdk": a.sdk, "framework": a.framework, "updated_at": _iso(a.updated_at)}
@@ -307,12 +307,12 @@ class Api:
             limit=self._int(request, "limit", 50, 1, 1000) or 50,
             before=self._int(request, "before", None),
         )
-        async with self.orch.store.transaction() as tx:
+        async with self.orch.store.snapshot() as tx:
             runs = await tx.list_runs(flt)
         return JSONResponse({"data": [run_json(r) for r in runs]})
 
     async def _get_run(self, run_id: str) -> tuple[RunRecord, list[HistoryRecord]]:
-        async with self.orch.store.transaction() as tx:
+        async with self.orch.store.snapshot() as tx:
             run = await tx.get_run(run_id)
             history = await tx.get_history(run_id) if run else []
         if run is None:
@@ -345,7 +345,7 @@ class Api:
         if request.method == "POST":
             return await self._send(request)
         limit = self._int(request, "limit", 50, 1, 1000) or 50
-        async with self.orch.store.transaction() as tx:
+        async with self.orch.store.snapshot() as tx:
             rows = await tx.list_events(
                 request.query_params.get("name"), limit, self._int(request, "before", None)
             )

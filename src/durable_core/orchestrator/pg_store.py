@@ -356,7 +356,8 @@ class PgTx(Tx):
                 None if payload is None else _dump(payload),
             ),
         )
-        self.notify.add("queue")
+        if available_at is None or available_at <= now_ms():  # timers wake their own process
+            self.notify.add("queue")
         return int(rows[0]["id"])
 
     async def claim(self, now: int, limit: int, lease_ms: int) -> list[QueueItem]:
@@ -379,6 +380,13 @@ class PgTx(Tx):
             for r in rows
         ]
         items.sort(key=lambda i: (i.available_at, i.id))
+        starting = [i.run_id for i in items if i.kind is ItemKind.DISCOVERY]
+        if starting:
+            await self.conn.execute(
+                "UPDATE runs SET status='running', started_at=coalesce(started_at, %s)"
+                " WHERE run_id = ANY(%s) AND status='queued'",
+                (now, starting),
+            )
         return items
 
     async def extend_lease(self, item_id: int, until: int) -> None:
@@ -501,17 +509,30 @@ class PostgresStore(Store):
             | psycopg.errors.LockNotAvailable,
         )
 
+    def _unreachable(self, why: str) -> ConfigError:
+        return ConfigError(
+            f"cannot connect to PostgreSQL at {_redact(self.url)} ({why}): is it running, and do "
+            "the URL's host, port, user and database exist?"
+        )
+
     async def open(self) -> None:
         if self.schema:
-            async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as admin:
-                await admin.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            try:
+                admin = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=30
+                )
+            except psycopg.OperationalError as err:
+                raise self._unreachable(_redact(str(err).splitlines()[0])) from None
+            async with admin:
+                # Several processes may create it at once: one wins, the others find it made.
+                with contextlib.suppress(
+                    psycopg.errors.DuplicateSchema, psycopg.errors.UniqueViolation
+                ):
+                    await admin.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
         try:
             await self.pool.open(wait=True, timeout=30)
         except psycopg_pool.PoolTimeout:
-            raise ConfigError(
-                f"cannot connect to PostgreSQL at {_redact(self.url)} within 30 s: is it running, "
-                "and do the URL's host, port, user and database exist?"
-            ) from None
+            raise self._unreachable("no connection within 30 s") from None
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             await conn.execute(
@@ -533,6 +554,11 @@ class PostgresStore(Store):
             yield tx
             for what in tx.notify:
                 await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, what))
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Tx]:
+        async with self.pool.connection() as conn:
+            yield PgTx(conn)
 
     async def subscribe(self, on_notify: Notify) -> None:
         self._listener = asyncio.create_task(self._listen(on_notify), name="durable-listen")
@@ -572,5 +598,7 @@ class PostgresStore(Store):
             await conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
 
 
-def _redact(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+def _redact(text: str) -> str:
+    """`text` with any password in a URL (user:pw@ or ?password=) replaced by ***."""
+    text = re.sub(r"//([^:/@\s]+):[^@\s]*@", r"//\1:***@", text)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", text)

@@ -103,7 +103,7 @@ class Orchestrator:
         self._wake.set()
 
     async def reload_functions(self) -> None:
-        async with self.store.transaction() as tx:
+        async with self.store.snapshot() as tx:
             functions = await tx.list_functions()
         self.machine.functions = {f.fn_id: f for f in functions}
         self.machine.reindex()
@@ -230,7 +230,7 @@ class Orchestrator:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._run_waiters.setdefault(run_id, []).append(fut)
         try:
-            async with self.store.transaction() as tx:
+            async with self.store.snapshot() as tx:
                 run = await tx.get_run(run_id)
             if run is None or run.status.finished:
                 return run
@@ -242,7 +242,7 @@ class Orchestrator:
                 waiters.remove(fut)
             if not waiters:
                 self._run_waiters.pop(run_id, None)
-        async with self.store.transaction() as tx:
+        async with self.store.snapshot() as tx:
             return await tx.get_run(run_id)
 
     def _settled(self, run_id: str) -> None:
@@ -262,8 +262,9 @@ class Orchestrator:
                         items = await tx.claim(now_ms(), free, self.lease_ms)
                         nxt = await tx.next_available_at()
                 except Exception:
+                    # The leases may not have been stored: leave the items to expire and be claimed.
                     _log.exception("claiming work failed; retrying")
-                    nxt = None
+                    items, nxt = [], None
                 for item in items:
                     task = asyncio.create_task(self._process(item))
                     self._inflight.add(task)
@@ -291,26 +292,26 @@ class Orchestrator:
             await self.atomic(lambda tx: self.machine.resume(tx, item))
             self._wake.set()
             return
-        async with self.store.transaction() as tx:
+        async with self.store.snapshot() as tx:
             run = await tx.get_run(item.run_id)
-            if run is None or run.status.finished:
-                await tx.delete_item(item.id)
-                return
-            fn = self.machine.functions.get(run.fn_id)
-            if fn is None:
-                await self.machine.finish(tx, run, RunStatus.FAILED, error={
-                    "name": "FunctionNotFound",
-                    "message": f"function {run.fn_id} is no longer registered; sync its app and rerun",
-                    "stack": None,
-                })  # fmt: skip
-                self._settled(run.run_id)
-                return
-            memos = await tx.get_memos(run.run_id)
-            started = now_ms()
-            if run.started_at is None or run.status is RunStatus.QUEUED:
-                await tx.update_run(
-                    run.run_id, status=RunStatus.RUNNING, started_at=run.started_at or started
-                )
+            memos = await tx.get_memos(item.run_id) if run is not None else {}
+        if run is None or run.status.finished:
+            await self.atomic(lambda tx: tx.delete_item(item.id))
+            return
+        fn = self.machine.functions.get(run.fn_id)
+        if fn is None:
+            gone = run
+            error = {
+                "name": "FunctionNotFound",
+                "message": f"function {gone.fn_id} is no longer registered; sync its app and rerun",
+                "stack": None,
+            }
+            await self.atomic(
+                lambda tx: self.machine.finish(tx, gone, RunStatus.FAILED, error=error)
+            )
+            self._settled(run.run_id)
+            return
+        started = now_ms()
         request = self.machine.request_body(run, item, memos)
         stored: list[int] = []
         result = await self._call(fn, item, request, stored)
@@ -348,10 +349,16 @@ class Orchestrator:
             renew.cancel()
 
     async def _renew(self, item: QueueItem) -> None:
+        """Keep the item's lease while its request runs, through database hiccups too."""
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
-            async with self.store.transaction() as tx:
-                await tx.extend_lease(item.id, now_ms() + self.lease_ms)
+            try:
+                async with self.store.transaction() as tx:
+                    await tx.extend_lease(item.id, now_ms() + self.lease_ms)
+            except Exception as err:
+                _log.warning(
+                    "renewing the lease of queue item %s failed (%s); retrying", item.id, err
+                )
 
     def _checkpointer(
         self, item: QueueItem, fn: FunctionRecord, stored: list[int]

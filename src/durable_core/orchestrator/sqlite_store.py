@@ -345,6 +345,14 @@ class SqliteTx(Tx):
             for r in rows
         ]
         items.sort(key=lambda i: (i.available_at, i.id))
+        starting = [i.run_id for i in items if i.kind is ItemKind.DISCOVERY]
+        if starting:
+            marks = ",".join("?" * len(starting))
+            self.db.execute(
+                "UPDATE runs SET status='running', started_at=coalesce(started_at, ?)"
+                f" WHERE run_id IN ({marks}) AND status='queued'",
+                (now, *starting),
+            )
         return items
 
     async def extend_lease(self, item_id: int, until: int) -> None:
@@ -484,6 +492,11 @@ class SqliteStore(Store):
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Tx]:
+        async with self._lock:
+            yield SqliteTx(self.db)
 
     async def close(self) -> None:
         self.db.close()

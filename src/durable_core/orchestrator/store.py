@@ -212,7 +212,9 @@ class Tx(abc.ABC):
         payload: dict[str, Any] | None = None,
     ) -> int: ...
     @abc.abstractmethod
-    async def claim(self, now: int, limit: int, lease_ms: int) -> list[QueueItem]: ...
+    async def claim(self, now: int, limit: int, lease_ms: int) -> list[QueueItem]:
+        """Lease up to `limit` due items, earliest first; their queued runs become running."""
+
     @abc.abstractmethod
     async def extend_lease(self, item_id: int, until: int) -> None: ...
     @abc.abstractmethod
@@ -265,6 +267,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Tx]: ...
+
+    @abc.abstractmethod
+    def snapshot(self) -> AbstractAsyncContextManager[Tx]:
+        """Reads only, each statement on its own (no transaction to open, lock or commit)."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...
