@@ -28,6 +28,15 @@ class Event(pydantic.BaseModel):
     def _name_not_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("an event needs a non-empty name, like 'shop/order.created'")
+        if "\x00" in value:
+            raise ValueError("an event name cannot contain a NUL character")
+        return value
+
+    @pydantic.field_validator("id")
+    @classmethod
+    def _id_without_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("an event id cannot contain a NUL character")
         return value
 
     def to_wire(self) -> dict[str, Any]:

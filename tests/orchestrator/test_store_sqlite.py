@@ -22,6 +22,10 @@ from durable_core.orchestrator.store import (
     now_ms,
 )
 
+from .conftest import sqlite_only
+
+pytestmark = sqlite_only  # the store does not matter here
+
 LEASE = 30_000
 
 
@@ -132,7 +136,7 @@ async def test_claim_lease_and_release(store: SqliteStore) -> None:
     assert [(i.id, i.step, i.payload) for i in due] == [(later, "s", {"memo": None})]
 
     async with store.transaction() as tx:
-        await tx.delete_run_items("r1")
+        await tx.clear_run("r1")
         assert await tx.next_available_at() is None
 
 
@@ -157,7 +161,7 @@ async def test_pending_counts(store: SqliteStore) -> None:
         assert await tx.remove_pending("r1", "a") == 2
         assert await tx.remove_pending("r1", "a") == -1
         assert await tx.remove_pending("r1", "b") == 1
-        await tx.clear_pending("r1")
+        await tx.clear_run("r1")
         assert await tx.remove_pending("r1", "c") == -1
         assert await tx.remove_pending("r2", "a") == 0
 
@@ -195,7 +199,7 @@ async def test_indexed_wait_is_found_by_its_value_only(store: SqliteStore) -> No
         assert await tx.remove_wait("r1", "w") is True
         assert await tx.remove_wait("r1", "w") is False
         assert await found({"name": "shop/paid", "data": {"order": 7}}) == {"r2"}
-        await tx.remove_run_waits("r2")
+        await tx.clear_run("r2")
         assert await found({"name": "shop/paid", "data": {"order": 7}}) == set()
 
 

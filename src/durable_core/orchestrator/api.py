@@ -122,6 +122,31 @@ def _validation(err: pydantic.ValidationError, what: str) -> _Problem:
     return _Problem(400, f"{what}: {where}: {first['msg']}")
 
 
+def _nul_at(value: Any, where: str) -> str | None:
+    """Where a NUL character sits in a decoded JSON value (names and ids cannot hold one)."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)  # type: ignore[assignment]
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return f"{where}.{key!r}"
+        found = _nul_at(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def _refuse_nul(value: Any, what: str) -> None:
+    found = _nul_at(value, "")
+    if found is not None:
+        raise _Problem(400, f"{what}: {found or 'body'}: text cannot contain a NUL character")
+
+
 def _check_function(fn: _FunctionIn) -> None:
     runtime = fn.steps.get("step", {}).get("runtime")
     if not isinstance(runtime, dict) or not isinstance(runtime.get("url"), str):
@@ -236,9 +261,11 @@ class Api:
     async def register(self, request: Request) -> Response:
         self._authorize(request)
         try:
-            body = _RegisterIn.model_validate(await self._json(request))
+            raw = await self._json(request)
+            body = _RegisterIn.model_validate(raw)
         except pydantic.ValidationError as err:
             raise _validation(err, "registration") from None
+        _refuse_nul(raw, "registration")
         for fn in body.functions:
             _check_function(fn)
         modified = await self.orch.register(body.model_dump(mode="json"))
@@ -360,6 +387,7 @@ class Api:
             body = _SignalIn.model_validate(await self._json(request))
         except pydantic.ValidationError as err:
             raise _validation(err, "signal") from None
+        _refuse_nul(body.signal, "signal")
         run_id = await self.orch.signal(body.signal, body.data)
         if run_id is None:
             raise _Problem(404, f"no run is waiting for signal {body.signal!r}")

@@ -482,9 +482,7 @@ class Machine:
         await tx.update_run(
             run.run_id, status=status, ended_at=now_ms(), output=output, error=error, reason=reason
         )
-        await tx.delete_run_items(run.run_id)
-        await tx.remove_run_waits(run.run_id)
-        await tx.clear_pending(run.run_id)
+        await tx.clear_run(run.run_id)
         event = run.events[0]
         if status is RunStatus.COMPLETED:
             system = Event(

@@ -4,7 +4,8 @@ Queue items (runs, planned steps, timers) are claimed with `FOR UPDATE SKIP LOCK
 lease; a run's changes are serialized by locking its row; memos are first-write-wins. Every
 transaction that queues work or registers functions sends a NOTIFY, and each orchestrator
 LISTENs on a connection of its own, so idle workers wake at once; polling is the fallback.
-Event payloads are JSONB; step results are stored as JSON text, exactly as the SDK sent them.
+Payloads are stored as JSON text, not JSONB: JSONB rewrites numbers (1e300 comes back as a
+301-digit integer) and drops duplicate keys, and what is stored must come back as it was sent.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import psycopg
 import psycopg.errors
 import psycopg_pool
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ..errors import ConfigError
@@ -53,8 +53,8 @@ MIGRATIONS: list[str] = [
         framework TEXT NOT NULL, updated_at BIGINT NOT NULL);
     CREATE TABLE functions (fn_id TEXT PRIMARY KEY, app_id TEXT NOT NULL, name TEXT NOT NULL,
         config TEXT NOT NULL);
-    CREATE TABLE events (internal_id TEXT PRIMARY KEY, name TEXT NOT NULL, data JSONB NOT NULL,
-        event_id TEXT NOT NULL, ts BIGINT NOT NULL, received_at BIGINT NOT NULL, raw JSONB NOT NULL);
+    CREATE TABLE events (internal_id TEXT PRIMARY KEY, name TEXT NOT NULL, data TEXT NOT NULL,
+        event_id TEXT NOT NULL, ts BIGINT NOT NULL, received_at BIGINT NOT NULL, raw TEXT NOT NULL);
     CREATE INDEX events_by_name ON events (name, received_at);
     CREATE INDEX events_by_time ON events (received_at);
     CREATE TABLE keys (scope TEXT NOT NULL, key TEXT NOT NULL, expires_at BIGINT NOT NULL,
@@ -177,11 +177,11 @@ class PgTx(Tx):
             (
                 event.internal_id,
                 event.name,
-                Jsonb(event.data),
+                _dump(event.data),
                 event.event_id,
                 event.ts,
                 event.received_at,
-                Jsonb(event.raw),
+                _dump(event.raw),
             ),
         )
 
@@ -201,11 +201,11 @@ class PgTx(Tx):
             EventRecord(
                 r["internal_id"],
                 r["name"],
-                r["data"],
+                json.loads(r["data"]),
                 r["event_id"],
                 r["ts"],
                 r["received_at"],
-                r["raw"],
+                json.loads(r["raw"]),
             )
             for r in await self._all(sql, tuple(args))
         ]
@@ -302,8 +302,12 @@ class PgTx(Tx):
         rows = await self._all("SELECT count(*) AS n FROM pending WHERE run_id=%s", (run_id,))
         return int(rows[0]["n"])
 
-    async def clear_pending(self, run_id: str) -> None:
-        await self.conn.execute("DELETE FROM pending WHERE run_id=%s", (run_id,))
+    async def clear_run(self, run_id: str) -> None:
+        await self.conn.execute(
+            "WITH q AS (DELETE FROM queue WHERE run_id=%(r)s), w AS (DELETE FROM waits WHERE run_id=%(r)s),"
+            " s AS (DELETE FROM signals WHERE run_id=%(r)s) DELETE FROM pending WHERE run_id=%(r)s",
+            {"r": run_id},
+        )
 
     async def add_history(self, rec: HistoryRecord) -> None:
         await self.conn.execute(
@@ -395,9 +399,6 @@ class PgTx(Tx):
     async def delete_item(self, item_id: int) -> bool:
         return await self._count("DELETE FROM queue WHERE id=%s", (item_id,)) == 1
 
-    async def delete_run_items(self, run_id: str) -> None:
-        await self.conn.execute("DELETE FROM queue WHERE run_id=%s", (run_id,))
-
     async def next_available_at(self) -> int | None:
         rows = await self._all(
             "SELECT min(greatest(available_at, coalesce(lease_until, 0))) AS t FROM queue"
@@ -440,10 +441,6 @@ class PgTx(Tx):
         return (
             await self._count("DELETE FROM waits WHERE run_id=%s AND step=%s", (run_id, step)) == 1
         )
-
-    async def remove_run_waits(self, run_id: str) -> None:
-        await self.conn.execute("DELETE FROM waits WHERE run_id=%s", (run_id,))
-        await self.conn.execute("DELETE FROM signals WHERE run_id=%s", (run_id,))
 
     async def add_signal(self, signal: str, run_id: str, step: str, replace: bool) -> bool:
         if replace:
@@ -554,6 +551,25 @@ class PostgresStore(Store):
             yield tx
             for what in tx.notify:
                 await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, what))
+
+    async def checkpoint(self, rec: HistoryRecord, memo: Any) -> bool:
+        # One statement, so one round trip and its own commit.
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "WITH ok AS (SELECT 1 FROM runs WHERE run_id=%(r)s"
+                "   AND status NOT IN ('completed','failed','cancelled')),"
+                " m AS (INSERT INTO memos SELECT %(r)s, %(s)s, %(memo)s FROM ok ON CONFLICT DO NOTHING RETURNING 1),"
+                " h AS (INSERT INTO history (run_id, step, name, op, attempt, started_at, ended_at, output)"
+                "   SELECT %(r)s, %(s)s, %(name)s, %(op)s, %(attempt)s, %(start)s, %(end)s, %(out)s FROM m)"
+                " SELECT count(*) AS active FROM ok",
+                {
+                    "r": rec.run_id, "s": rec.step, "memo": _dump(memo), "name": rec.name, "op": rec.op,
+                    "attempt": rec.attempt, "start": rec.started_at, "end": rec.ended_at,
+                    "out": None if rec.output is None else _dump(rec.output),
+                },
+            )  # fmt: skip
+            row = await cur.fetchone()
+        return bool(row and row["active"])
 
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Tx]:

@@ -369,23 +369,18 @@ class Orchestrator:
             now = now_ms()
             attempt = 0 if stored else item.attempt
             stored.append(1)
-            async with self.store.transaction() as tx:
-                status = await tx.run_status(run_id)
-                if status is None or status.finished:
-                    raise RunCancelledError(f"run {run_id} has ended ({status or 'gone'})")
-                await tx.put_memo(run_id, op["id"], {"data": op.get("data")})
-                await tx.add_history(
-                    HistoryRecord(
-                        run_id,
-                        op["id"],
-                        op["displayName"],
-                        op["op"],
-                        attempt,
-                        op.get("started_at", now),
-                        now,
-                        op.get("data"),
-                    )
-                )
+            rec = HistoryRecord(
+                run_id,
+                op["id"],
+                op["displayName"],
+                op["op"],
+                attempt,
+                op.get("started_at", now),
+                now,
+                op.get("data"),
+            )
+            if not await self.store.checkpoint(rec, {"data": op.get("data")}):
+                raise RunCancelledError(f"run {run_id} has ended; its request stops here")
             self._emit(
                 "step",
                 {

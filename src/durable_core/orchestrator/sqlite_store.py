@@ -271,8 +271,9 @@ class SqliteTx(Tx):
             self.db.execute("SELECT count(*) FROM pending WHERE run_id=?", (run_id,)).fetchone()[0]
         )
 
-    async def clear_pending(self, run_id: str) -> None:
-        self.db.execute("DELETE FROM pending WHERE run_id=?", (run_id,))
+    async def clear_run(self, run_id: str) -> None:
+        for table in ("queue", "waits", "signals", "pending"):
+            self.db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
 
     async def add_history(self, rec: HistoryRecord) -> None:
         self.db.execute(
@@ -361,9 +362,6 @@ class SqliteTx(Tx):
     async def delete_item(self, item_id: int) -> bool:
         return self.db.execute("DELETE FROM queue WHERE id=?", (item_id,)).rowcount == 1
 
-    async def delete_run_items(self, run_id: str) -> None:
-        self.db.execute("DELETE FROM queue WHERE run_id=?", (run_id,))
-
     async def next_available_at(self) -> int | None:
         row = self.db.execute(
             "SELECT min(max(available_at, coalesce(lease_until, 0))) FROM queue"
@@ -414,10 +412,6 @@ class SqliteTx(Tx):
             self.db.execute("DELETE FROM waits WHERE run_id=? AND step=?", (run_id, step)).rowcount
             == 1
         )
-
-    async def remove_run_waits(self, run_id: str) -> None:
-        self.db.execute("DELETE FROM waits WHERE run_id=?", (run_id,))
-        self.db.execute("DELETE FROM signals WHERE run_id=?", (run_id,))
 
     async def add_signal(self, signal: str, run_id: str, step: str, replace: bool) -> bool:
         if replace:
@@ -492,6 +486,15 @@ class SqliteStore(Store):
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
+
+    async def checkpoint(self, rec: HistoryRecord, memo: Any) -> bool:
+        async with self.transaction() as tx:
+            status = await tx.run_status(rec.run_id)
+            if status is None or status.finished:
+                return False
+            if await tx.put_memo(rec.run_id, rec.step, memo):
+                await tx.add_history(rec)
+            return True
 
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Tx]:

@@ -189,7 +189,8 @@ class Tx(abc.ABC):
         """Remove one outstanding op; return how many remain (-1 if it was not outstanding)."""
 
     @abc.abstractmethod
-    async def clear_pending(self, run_id: str) -> None: ...
+    async def clear_run(self, run_id: str) -> None:
+        """Drop a finished run's queue items, waits, signal waits and pending ops."""
 
     # history
     @abc.abstractmethod
@@ -222,8 +223,6 @@ class Tx(abc.ABC):
         """Consume a queue item; False if it was gone (another worker consumed it)."""
 
     @abc.abstractmethod
-    async def delete_run_items(self, run_id: str) -> None: ...
-    @abc.abstractmethod
     async def next_available_at(self) -> int | None: ...
     @abc.abstractmethod
     async def release_leases(self) -> int:
@@ -236,8 +235,6 @@ class Tx(abc.ABC):
     async def candidate_waits(self, event: dict[str, Any]) -> list[WaitRecord]: ...
     @abc.abstractmethod
     async def remove_wait(self, run_id: str, step: str) -> bool: ...
-    @abc.abstractmethod
-    async def remove_run_waits(self, run_id: str) -> None: ...
     @abc.abstractmethod
     async def add_signal(self, signal: str, run_id: str, step: str, replace: bool) -> bool:
         """Register a signal wait; False if another run waits for it and `replace` is off."""
@@ -267,6 +264,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Tx]: ...
+
+    @abc.abstractmethod
+    async def checkpoint(self, rec: HistoryRecord, memo: Any) -> bool:
+        """Store one finished step (memo, first write wins, and its history) on its own, at
+        once; False if the run has ended (or is gone)."""
 
     @abc.abstractmethod
     def snapshot(self) -> AbstractAsyncContextManager[Tx]:
