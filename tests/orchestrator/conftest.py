@@ -1,5 +1,10 @@
 """Fixtures for the orchestrator tests: an app with the embedded orchestrator, polled through
-its /durable API, under Starlette's TestClient or a real uvicorn server."""
+its /durable API, under Starlette's TestClient or a real uvicorn server.
+
+Every test here runs once per store (`database_url`: SQLite, then a PostgreSQL schema), which
+the embedded orchestrator picks up from DURABLE_DATABASE_URL. Modules whose tests do not depend
+on the store (expressions, the SQLite store itself, the `durable dev` CLI) pin it to SQLite
+with `sqlite_only`."""
 
 from __future__ import annotations
 
@@ -149,8 +154,9 @@ class UvicornApp:
 
 
 @pytest.fixture(autouse=True)
-def durable_env(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Every test gets its own database directory and fast retries; no ambient configuration."""
+def durable_env(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, database_url: str) -> Any:
+    """Every test gets its own database (a SQLite file, or a fresh PostgreSQL schema dropped
+    afterwards) and fast retries; no ambient configuration."""
     for name in (
         "DURABLE_ORCHESTRATOR_URL",
         "DURABLE_SIGNING_KEY",
@@ -162,7 +168,12 @@ def durable_env(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DURABLE_DIR", str(tmp_path / "durable"))
     monkeypatch.setenv("DURABLE_FAST_RETRIES", "1")
+    monkeypatch.setenv("DURABLE_DATABASE_URL", database_url)
     return tmp_path
+
+
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+"""`pytestmark = sqlite_only`: the module's tests run once, on SQLite."""
 
 
 StartFactory = Callable[..., Harness]

@@ -1,5 +1,8 @@
 """The orchestrator's HTTP API: the /v1 contract through the embedded app's /durable prefix,
-the intake endpoints (/e/{key}, /fn/register) against bad input, and production auth."""
+the intake endpoints (/e/{key}, /fn/register) against bad input, and production auth.
+
+Each test runs on both stores, except the ones marked `@validation`: they check input that is
+refused before anything is read or written, so they run on SQLite only."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import contextlib
 import datetime as dt
 import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,10 +21,12 @@ from starlette.testclient import TestClient
 from durable_core import Context, Durable, NonRetriableError, TriggerEvent
 from durable_core.orchestrator.api import MAX_BODY, Api
 from durable_core.orchestrator.runtime import Orchestrator
-from durable_core.orchestrator.sqlite_store import SqliteStore
+from durable_core.orchestrator.stores import open_store
 from durable_core.signing import hashed_signing_key
 
-from .conftest import API, Harness, StartFactory
+from .conftest import API, Harness, StartFactory, sqlite_only
+
+validation = sqlite_only  # bad input refused before the store is touched
 
 KEY = "signkey-test-" + "3f" * 32
 
@@ -32,9 +36,9 @@ def ms(iso: str) -> int:
 
 
 @contextlib.contextmanager
-def standalone(directory: Path, **options: Any) -> Iterator[TestClient]:
-    """The API of an orchestrator of its own (as `durable dev` serves it), started and stopped."""
-    orch = Orchestrator(SqliteStore(str(directory / "orchestrator.db")), **options)
+def standalone(database_url: str, **options: Any) -> Iterator[TestClient]:
+    """The API of an orchestrator of its own (as `durable start` serves it), started and stopped."""
+    orch = Orchestrator(open_store(database_url), **options)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -105,6 +109,7 @@ def test_runs_are_listed_newest_first_and_filtered(h: Harness) -> None:
     assert everything[-1]["run_id"] not in [r["run_id"] for r in before]
 
 
+@validation
 @pytest.mark.parametrize(
     ("params", "names"),
     [
@@ -192,6 +197,23 @@ def test_events_are_posted_and_listed(h: Harness) -> None:
     assert "limit" in error_of(h.get("/v1/events", limit="x"), 400)
 
 
+def test_events_are_listed_with_their_data_as_sent(h: Harness) -> None:
+    data = {
+        "text": "é ☃ 😀",
+        "big": 2**70,
+        "float": 0.1,
+        "one": 1.0,
+        "huge": 1e300,
+        "tiny": 1e-300,
+        "list": [1, None, True, {"x": []}],
+    }
+    h.send("t/other", data)
+    [listed] = h.events("t/other")
+    assert listed["data"] == data
+    assert {k: type(v) for k, v in listed["data"].items()} == {k: type(v) for k, v in data.items()}
+
+
+@validation
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -211,6 +233,7 @@ def test_bad_event_is_400_naming_the_field(h: Harness, path: str, body: Any, fie
     assert h.runs() == []
 
 
+@validation
 @pytest.mark.parametrize("path", ["/e/any-key", "/v1/events", "/fn/register", "/v1/signals"])
 def test_non_json_body_is_400(h: Harness, path: str) -> None:
     assert "JSON" in error_of(h.post(path, content=b"{not json"), 400)
@@ -228,6 +251,31 @@ def test_event_with_a_lone_surrogate_is_no_server_error(h: Harness, raw: bytes) 
     assert h.get("/v1/runs").status_code == 200
 
 
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"name": "t/a\u0000b"},
+        {"name": "t/ok", "data": {"k": "a\u0000b"}},
+        {"name": "t/ok", "data": {"k\u0000": 1}},
+        {"name": "t/ok", "id": "id\u0000"},
+    ],
+    ids=["name", "data-value", "data-key", "id"],
+)
+def test_event_with_a_nul_character_is_kept_or_refused(h: Harness, event: Any) -> None:
+    """JSON allows U+0000 in any string; PostgreSQL text columns do not."""
+    res = h.post("/e/any-key", event)
+    if res.status_code == 400:
+        assert error_of(res, 400)
+        assert h.get("/v1/events").json()["data"] == []
+        return
+    assert res.status_code == 200, res.text
+    listed = h.events(event["name"])
+    assert [(e["name"], e["data"]) for e in listed] == [(event["name"], event.get("data", {}))]
+    if event["name"] == "t/ok":
+        assert h.only_run("ok")["event"]["data"] == event.get("data", {})
+
+
+@validation
 def test_body_over_the_limit_is_413(h: Harness) -> None:
     big = json.dumps({"name": "t/ok", "data": {"blob": "x" * (MAX_BODY + 1)}}).encode()
     assert "too large" in error_of(h.post("/e/any-key", content=big), 413)
@@ -259,6 +307,7 @@ def test_invoke_unknown_function_is_404_listing_the_known_ones(h: Harness) -> No
     assert h.runs() == []
 
 
+@validation
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -275,6 +324,7 @@ def test_invoke_bad_body_is_400_naming_the_field(h: Harness, body: Any, field: s
     assert h.runs() == []
 
 
+@validation
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -325,6 +375,7 @@ def test_apps_and_functions_are_listed(h: Harness) -> None:
     assert "other-f" in [f["function_id"] for f in h.get("/v1/functions").json()["data"]]
 
 
+@validation
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -354,6 +405,24 @@ def test_registration_with_non_integer_retries_is_refused(h: Harness) -> None:
     body = _register_body()
     body["functions"][0]["steps"]["step"]["retries"] = {"attempts": "many"}
     assert "retries" in error_of(h.post("/fn/register", body), 400)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/fn/register", _register_body(appname="other\u0000")),
+        ("/fn/register", _register_body(function={"name": "f\u0000"})),
+        ("/v1/signals", {"signal": "s\u0000"}),
+    ],
+    ids=["app-name", "function-name", "signal"],
+)
+def test_nul_characters_in_registrations_and_signals_are_no_server_error(
+    h: Harness, path: str, body: Any
+) -> None:
+    res = h.post(path, body)
+    assert res.status_code in (200, 400, 404), res.text
+    assert h.get("/v1/apps").status_code == 200
+    assert h.get("/v1/functions").status_code == 200
 
 
 # -- no input gives a server error ------------------------------------------------------------
@@ -439,9 +508,10 @@ register_bodies = st.one_of(
     ("path", "bodies"), [("/e/any-key", event_bodies), ("/fn/register", register_bodies)]
 )
 def test_arbitrary_json_never_gives_a_server_error(
-    tmp_path: Path, path: str, bodies: st.SearchStrategy[Any]
+    database_url: str, path: str, bodies: st.SearchStrategy[Any]
 ) -> None:
-    with standalone(tmp_path) as client:
+    # On both stores: PostgreSQL refuses some strings (U+0000 in text) that SQLite keeps.
+    with standalone(database_url) as client:
 
         @settings(
             max_examples=200,
@@ -464,9 +534,9 @@ def test_arbitrary_json_never_gives_a_server_error(
 # -- production mode --------------------------------------------------------------------------
 
 
-def test_production_api_needs_the_hashed_signing_key(tmp_path: Path) -> None:
+def test_production_api_needs_the_hashed_signing_key(database_url: str) -> None:
     good = {"authorization": f"Bearer {hashed_signing_key(KEY)}"}
-    with standalone(tmp_path, signing_key=KEY, event_keys=["k1"]) as client:
+    with standalone(database_url, signing_key=KEY, event_keys=["k1"]) as client:
         for headers in ({}, {"authorization": "Bearer nope"}, {"authorization": KEY}):
             assert "Authorization" in error_of(client.get("/v1/runs", headers=headers), 401)
             assert error_of(client.get("/v1/functions", headers=headers), 401)

@@ -17,7 +17,9 @@ from fastapi import FastAPI
 from adapters.fastapi import Serve
 from durable_core import Context, Durable, TriggerEvent
 
-from .conftest import DEADLINE, UvicornApp, free_port, wait_until
+from .conftest import DEADLINE, UvicornApp, free_port, sqlite_only, wait_until
+
+pytestmark = sqlite_only  # the store does not matter here
 
 SERVE_PATH = "/api/durable"
 

@@ -18,6 +18,10 @@ from durable_core.orchestrator.expressions import (
     matches,
 )
 
+from .conftest import sqlite_only
+
+pytestmark = sqlite_only  # the store does not matter here
+
 TRIGGER = {"name": "shop/order", "data": {"order": 7, "user": {"id": "u1"}, "tags": [1], "f": 2.0}}
 
 

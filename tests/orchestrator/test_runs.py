@@ -3,6 +3,9 @@ runs' status, steps and outputs read back from its /durable API.
 
 Most behaviours are checked for an async function and its sync twin; the sync twins run under
 a real uvicorn server, where the worker threads and the event loop are the real ones.
+
+Every test runs on both stores (SQLite and PostgreSQL), except the sync twins: the orchestrator
+does the same store work for both, so they run on SQLite only, which keeps the suite fast.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ from durable_core.function import RunFailedError
 from .conftest import Harness, StartFactory
 
 SERVER = {"async": "testclient", "sync": "uvicorn"}
-modes = pytest.mark.parametrize("mode", ["async", "sync"])
+modes = pytest.mark.parametrize(
+    ("database_url", "mode"),
+    [("sqlite", "async"), ("postgres", "async"), ("sqlite", "sync")],
+    indirect=["database_url"],
+)
 
 
 def app() -> Durable:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._durations import parse_duration
@@ -72,6 +72,8 @@ class Machine:
     def __init__(self, functions: dict[str, FunctionRecord], backoff: Sequence[float]) -> None:
         self.functions = functions
         self.backoff = tuple(backoff)
+        # When set: a lease deadline if this process runs a new run itself at once, else None.
+        self.take: Callable[[], int | None] | None = None
         self.by_event: dict[str, list[tuple[FunctionRecord, str | None]]] = {}
         self.reindex()
 
@@ -125,18 +127,25 @@ class Machine:
         events: list[dict[str, Any]],
         parent: tuple[str, str] | None = None,
     ) -> str:
+        now = now_ms()
+        lease = self.take() if self.take is not None else None
         run = RunRecord(
             run_id=new_id(),
             fn_id=fn.fn_id,
             app_id=fn.app_id,
-            status=RunStatus.QUEUED,
+            status=RunStatus.RUNNING if lease else RunStatus.QUEUED,
             events=events,
-            created_at=now_ms(),
+            created_at=now,
+            started_at=now if lease else None,
             parent_run_id=parent[0] if parent else None,
             parent_step=parent[1] if parent else None,
         )
         await tx.insert_run(run)
-        await tx.enqueue(run.run_id, ItemKind.DISCOVERY)
+        item_id = await tx.enqueue(
+            run.run_id, ItemKind.DISCOVERY, available_at=now, lease_until=lease
+        )
+        if lease:
+            tx.taken.append((QueueItem(item_id, run.run_id, ItemKind.DISCOVERY, None, 0, now), run))
         return run.run_id
 
     async def resolve(self, tx: Tx, run_id: str, step: str, memo: Any) -> bool:

@@ -120,20 +120,16 @@ class Embedded:
         url = orch.inproc.add(d)
         configs = [cfg for fn in d.functions for cfg in fn.configs(url)]
         await orch.start()
-        await orch.register(
-            {
-                "appname": d.app_id,
-                "url": url,
-                "sdk": "durable-py",
-                "framework": "embedded",
-                "functions": configs,
-            }
-        )
+        try:
+            await self._register(orch, url, configs)
+            if not store.shared:
+                self._socket = await local_socket.serve(self.socket_path, self)
+        except BaseException:  # leave nothing running: no pool, listener or dispatcher
+            await orch.stop()
+            raise
         self.orchestrator = orch
         self.forwarding = False
         self._asgi = Api(orch).app()
-        if not store.shared:
-            self._socket = await local_socket.serve(self.socket_path, self)
         d.local = self
         _log.info(
             "embedded orchestrator started (%s, %d functions)",
@@ -141,6 +137,17 @@ class Embedded:
             len(configs),
         )
         return orch
+
+    async def _register(self, orch: Orchestrator, url: str, configs: list[dict[str, Any]]) -> None:
+        await orch.register(
+            {
+                "appname": self.durable.app_id,
+                "url": url,
+                "sdk": "durable-py",
+                "framework": "embedded",
+                "functions": configs,
+            }
+        )
 
     async def start_or_forward(self) -> bool:
         """Start here, or, if another process owns the SQLite file, forward to it (and take

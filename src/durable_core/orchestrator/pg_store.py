@@ -132,6 +132,7 @@ class PgTx(Tx):
     def __init__(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
         self.conn = conn
         self.notify: set[str] = set()
+        self.taken = []
 
     async def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         cur = await self.conn.execute(sql, args)
@@ -347,10 +348,11 @@ class PgTx(Tx):
         attempt: int = 0,
         available_at: int | None = None,
         payload: dict[str, Any] | None = None,
+        lease_until: int | None = None,
     ) -> int:
         rows = await self._all(
-            "INSERT INTO queue (run_id, kind, step, attempt, available_at, payload)"
-            " VALUES (%s,%s,%s,%s,%s,%s) RETURNING id",
+            "INSERT INTO queue (run_id, kind, step, attempt, available_at, payload, lease_until)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s) RETURNING id",
             (
                 run_id,
                 kind.value,
@@ -358,9 +360,11 @@ class PgTx(Tx):
                 attempt,
                 available_at or now_ms(),
                 None if payload is None else _dump(payload),
+                lease_until,
             ),
         )
-        if available_at is None or available_at <= now_ms():  # timers wake their own process
+        # Timers wake their own process; work this process took needs no other.
+        if lease_until is None and (available_at is None or available_at <= now_ms()):
             self.notify.add("queue")
         return int(rows[0]["id"])
 
@@ -513,14 +517,14 @@ class PostgresStore(Store):
         )
 
     async def open(self) -> None:
-        if self.schema:
-            try:
-                admin = await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, connect_timeout=30
-                )
-            except psycopg.OperationalError as err:
-                raise self._unreachable(_redact(str(err).splitlines()[0])) from None
-            async with admin:
+        try:  # one direct connection first: a clear error at once, not a pool timeout
+            admin = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=10
+            )
+        except psycopg.OperationalError as err:
+            raise self._unreachable(_redact(str(err).splitlines()[0])) from None
+        async with admin:
+            if self.schema:
                 # Several processes may create it at once: one wins, the others find it made.
                 with contextlib.suppress(
                     psycopg.errors.DuplicateSchema, psycopg.errors.UniqueViolation

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import random
@@ -74,6 +75,8 @@ class Orchestrator:
         self._listeners: list[Listener] = []
         self._run_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._reserved = 0  # slots promised to runs taken in transactions not yet committed
+        self.machine.take = self._take
 
     @property
     def production(self) -> bool:
@@ -83,9 +86,13 @@ class Orchestrator:
 
     async def start(self) -> None:
         await self.store.open()
-        async with self.store.transaction() as tx:
-            functions = await tx.list_functions()
-            released = await tx.release_leases()
+        try:
+            async with self.store.transaction() as tx:
+                functions = await tx.list_functions()
+                released = await tx.release_leases()
+        except BaseException:
+            await self.store.close()
+            raise
         self.machine.functions = {f.fn_id: f for f in functions}
         self.machine.reindex()
         if released:
@@ -163,16 +170,40 @@ class Orchestrator:
     # -- intake -----------------------------------------------------------------------------
 
     async def atomic(self, body: Callable[[Tx], Awaitable[T]], attempts: int = 5) -> T:
-        """Run `body` in one transaction, again if the store says the failure was transient."""
+        """Run `body` in one transaction, again if the store says the failure was transient;
+        then start the runs this process took while queueing them."""
         for attempt in range(attempts):
+            taken: list[tuple[QueueItem, RunRecord]] = []
             try:
                 async with self.store.transaction() as tx:
-                    return await body(tx)
+                    taken = tx.taken
+                    result = await body(tx)
             except Exception as err:
+                self._reserved -= len(taken)
                 if attempt + 1 >= attempts or not self.store.transient(err):
                     raise
                 await asyncio.sleep(0.005 * 2**attempt * (1 + random.random()))
+                continue
+            self._reserved -= len(taken)
+            for item, run in taken:
+                self._spawn(item, run)
+            return result
         raise AssertionError("unreachable")
+
+    def _take(self) -> int | None:
+        if self._stopping or self._dispatcher is None:
+            return None
+        if len(self._inflight) + self._reserved >= self.concurrency:
+            return None
+        self._reserved += 1
+        return now_ms() + self.lease_ms
+
+    def _spawn(self, item: QueueItem, run: RunRecord | None = None) -> None:
+        # A fresh context: a run taken inside a step (say, by an event sent from one) must
+        # not inherit that step's context variables.
+        task = asyncio.create_task(self._process(item, run), context=contextvars.Context())
+        self._inflight.add(task)
+        task.add_done_callback(self._done)
 
     async def send(self, events: Sequence[Event]) -> list[str]:
         batch = list(events)
@@ -216,12 +247,14 @@ class Orchestrator:
         return run
 
     async def rerun(self, run_id: str) -> str | None:
-        async with self.store.transaction() as tx:
+        async def body(tx: Tx) -> str | None:
             run = await tx.get_run(run_id)
             fn = self.machine.functions.get(run.fn_id) if run else None
             if run is None or fn is None:
                 return None
-            new = await self.machine.start_run(tx, fn, run.events)
+            return await self.machine.start_run(tx, fn, run.events)
+
+        new = await self.atomic(body)
         self._wake.set()
         return new
 
@@ -254,7 +287,7 @@ class Orchestrator:
 
     async def _dispatch(self) -> None:
         while not self._stopping:
-            free = self.concurrency - len(self._inflight)
+            free = self.concurrency - len(self._inflight) - self._reserved
             items: list[QueueItem] = []
             if free > 0:
                 try:
@@ -266,9 +299,7 @@ class Orchestrator:
                     _log.exception("claiming work failed; retrying")
                     items, nxt = [], None
                 for item in items:
-                    task = asyncio.create_task(self._process(item))
-                    self._inflight.add(task)
-                    task.add_done_callback(self._done)
+                    self._spawn(item)
                 if len(items) == free:
                     continue
             else:
@@ -287,14 +318,19 @@ class Orchestrator:
             _log.error("processing a queue item failed", exc_info=task.exception())
         self._wake.set()
 
-    async def _process(self, item: QueueItem) -> None:
+    async def _process(self, item: QueueItem, new_run: RunRecord | None = None) -> None:
+        """Call the app for `item` and apply its answer (`new_run`: a run just taken, so
+        nothing needs reading)."""
         if item.kind is ItemKind.RESUME:
             await self.atomic(lambda tx: self.machine.resume(tx, item))
             self._wake.set()
             return
-        async with self.store.snapshot() as tx:
-            run = await tx.get_run(item.run_id)
-            memos = await tx.get_memos(item.run_id) if run is not None else {}
+        run: RunRecord | None = new_run
+        memos: dict[str, Any] = {}
+        if run is None:
+            async with self.store.snapshot() as tx:
+                run = await tx.get_run(item.run_id)
+                memos = await tx.get_memos(item.run_id) if run is not None else {}
         if run is None or run.status.finished:
             await self.atomic(lambda tx: tx.delete_item(item.id))
             return

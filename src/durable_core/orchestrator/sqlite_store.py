@@ -111,6 +111,7 @@ class StoreLockedError(ConfigError):
 class SqliteTx(Tx):
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self.taken = []
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         return self.db.execute(sql, args).fetchall()
@@ -313,9 +314,11 @@ class SqliteTx(Tx):
         attempt: int = 0,
         available_at: int | None = None,
         payload: dict[str, Any] | None = None,
+        lease_until: int | None = None,
     ) -> int:
         cur = self.db.execute(
-            "INSERT INTO queue (run_id, kind, step, attempt, available_at, payload) VALUES (?,?,?,?,?,?)",
+            "INSERT INTO queue (run_id, kind, step, attempt, available_at, payload, lease_until)"
+            " VALUES (?,?,?,?,?,?,?)",
             (
                 run_id,
                 kind.value,
@@ -323,6 +326,7 @@ class SqliteTx(Tx):
                 attempt,
                 available_at or now_ms(),
                 None if payload is None else _dump(payload),
+                lease_until,
             ),
         )
         return int(cur.lastrowid or 0)

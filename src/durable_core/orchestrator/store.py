@@ -140,6 +140,9 @@ class RunFilter:
 class Tx(abc.ABC):
     """One transaction. Methods are async so a networked database fits the same shape."""
 
+    #: Items this process leased while queueing them, to run once the transaction commits.
+    taken: list[tuple[QueueItem, RunRecord]]
+
     # apps and functions
     @abc.abstractmethod
     async def upsert_app(self, app: AppRecord, functions: list[FunctionRecord]) -> bool: ...
@@ -211,7 +214,10 @@ class Tx(abc.ABC):
         attempt: int = 0,
         available_at: int | None = None,
         payload: dict[str, Any] | None = None,
-    ) -> int: ...
+        lease_until: int | None = None,
+    ) -> int:
+        """Queue an item; with `lease_until`, this process has already claimed it."""
+
     @abc.abstractmethod
     async def claim(self, now: int, limit: int, lease_ms: int) -> list[QueueItem]:
         """Lease up to `limit` due items, earliest first; their queued runs become running."""
