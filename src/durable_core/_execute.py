@@ -15,7 +15,15 @@ from . import _serialize
 from ._driver import AsyncRunner, Outcome, Raised, Returned, run_sync
 from ._durations import to_iso_utc
 from ._engine import Ops, Replay
-from ._steps import AsyncCheckpoint, AsyncSender, Step, SyncCheckpoint, SyncSender, SyncStep
+from ._steps import (
+    AsyncCheckpoint,
+    AsyncSender,
+    Step,
+    SyncCheckpoint,
+    SyncCheckpoints,
+    SyncSender,
+    SyncStep,
+)
 from .context import Context, ReplayAwareLogger, SyncContext
 from .errors import DurableError, RetryAfterError, SerializationError, error_payload
 from .events import Event
@@ -117,21 +125,26 @@ async def execute(
 ) -> Outcome:
     """Run one request from async code; sync handlers run in a worker thread.
 
-    With `checkpoint`, consecutive steps run in this one request, each stored through the
-    hook before the next starts (sync handlers reach it through this event loop).
+    With `checkpoint`, consecutive steps run in this one request, each made durable through
+    the hooks before the next starts (sync handlers reach them through this event loop).
     """
     if is_async(handler):
         return await execute_async(fn, handler, req, target, sender, checkpoint)
     sync_checkpoint: SyncCheckpoint | None = None
     if checkpoint is not None:
         loop = asyncio.get_running_loop()
-        hook = checkpoint
+        hooks = checkpoint
 
-        async def stored(op: dict[str, Any]) -> None:
-            await hook(op)
+        async def record(op: dict[str, Any]) -> None:
+            await hooks.record(op)
 
-        def sync_checkpoint(op: dict[str, Any]) -> None:
-            asyncio.run_coroutine_threadsafe(stored(op), loop).result()
+        async def flush() -> None:
+            await hooks.flush()
+
+        sync_checkpoint = SyncCheckpoints(
+            record=lambda op: asyncio.run_coroutine_threadsafe(record(op), loop).result(),
+            flush=lambda: asyncio.run_coroutine_threadsafe(flush(), loop).result(),
+        )
 
     return await asyncio.to_thread(
         execute_sync, fn, handler, req, target, sync_sender, sync_checkpoint

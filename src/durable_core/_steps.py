@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import datetime as _dt
 import functools
 import inspect
@@ -30,9 +31,29 @@ T = TypeVar("T")
 Events = Event | dict[str, Any] | Sequence[Event | dict[str, Any]]
 AsyncSender = Callable[[list[Event]], Awaitable[list[str]]]
 SyncSender = Callable[[list[Event]], list[str]]
-# A checkpoint receives the StepRun op plus `started_at` (ms) for the step's history.
-AsyncCheckpoint = Callable[[dict[str, Any]], Awaitable[None]]
-SyncCheckpoint = Callable[[dict[str, Any]], None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Checkpoints:
+    """How an in-process orchestrator keeps the steps a request runs one after another.
+
+    `record(op)`: a step finished (its StepRun op, plus `started_at` in ms); `flush()`: a step
+    is about to run, so what was recorded must be durable now. What is still recorded when the
+    request ends is stored with its answer, in the same transaction.
+    """
+
+    record: Callable[[dict[str, Any]], Awaitable[None]]
+    flush: Callable[[], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SyncCheckpoints:
+    record: Callable[[dict[str, Any]], None]
+    flush: Callable[[], None]
+
+
+AsyncCheckpoint = Checkpoints
+SyncCheckpoint = SyncCheckpoints
 
 _running_step: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar(
     "durable_running_step", default=None
@@ -164,6 +185,8 @@ class Step(_StepBase):
             decision = await self._runner.park(info)
         if handler is None:
             raise RuntimeError(f"step {info.user_id!r} cannot be executed in place")
+        if self._checkpoint is not None:
+            await self._checkpoint.flush()  # the previous step's result is durable before this runs
         token = _running_step.set(info)
         started_ms = int(time.time() * 1000)
         try:
@@ -185,7 +208,7 @@ class Step(_StepBase):
             done = self._replay.complete(info, data)
             if isinstance(done, Memo) and self._checkpoint is not None:
                 _running_step.reset(token)
-                await self._checkpoint(
+                await self._checkpoint.record(
                     info.to_op(Opcode.STEP_RUN, data=data, started_at=started_ms)
                 )
                 return done
@@ -298,6 +321,8 @@ class SyncStep(_StepBase):
                 raise StopRequest
         if handler is None:
             raise RuntimeError(f"step {info.user_id!r} cannot be executed in place")
+        if self._checkpoint is not None:
+            self._checkpoint.flush()  # the previous step's result is durable before this runs
         token = _running_step.set(info)
         started_ms = int(time.time() * 1000)
         try:
@@ -321,7 +346,9 @@ class SyncStep(_StepBase):
             done = self._replay.complete(info, data)
             if isinstance(done, Memo) and self._checkpoint is not None:
                 _running_step.reset(token)
-                self._checkpoint(info.to_op(Opcode.STEP_RUN, data=data, started_at=started_ms))
+                self._checkpoint.record(
+                    info.to_op(Opcode.STEP_RUN, data=data, started_at=started_ms)
+                )
                 return done
         finally:
             if _running_step.get() is info:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pydantic
 
+from .._steps import Checkpoints
 from ..errors import ConfigError
 from ..events import Event
 from .core import DEFAULT_BACKOFF, Machine
@@ -349,9 +350,11 @@ class Orchestrator:
             return
         started = now_ms()
         request = self.machine.request_body(run, item, memos)
-        stored: list[int] = []
-        result = await self._call(fn, item, request, stored)
-        if stored:  # steps were checkpointed, so what the answer reports is a later step's attempt
+        steps = _Steps(self, item, fn)
+        result = await self._call(fn, item, request, steps)
+        if (
+            steps.count
+        ):  # steps were checkpointed, so what the answer reports is a later step's attempt
             item = dataclasses.replace(item, attempt=0)
         answered = item
 
@@ -360,6 +363,9 @@ class Orchestrator:
             if current is None or current.status.finished:
                 await tx.delete_item(answered.id)
                 return None
+            for rec, memo in steps.buffer:  # finished steps not yet stored: now, with the answer
+                if await tx.put_memo(rec.run_id, rec.step, memo):
+                    await tx.add_history(rec)
             await self.machine.apply(tx, answered, current, result, started)
             return await tx.get_run(run.run_id)
 
@@ -368,15 +374,14 @@ class Orchestrator:
         self._report(fn, item, result, after)
 
     async def _call(
-        self, fn: FunctionRecord, item: QueueItem, request: dict[str, Any], stored: list[int]
+        self, fn: FunctionRecord, item: QueueItem, request: dict[str, Any], steps: _Steps
     ) -> CallResult:
         target = item.step if item.kind is ItemKind.STEP else None
         renew = asyncio.create_task(self._renew(item))
         try:
             if self.inproc.serves(fn.url):
-                return await self.inproc.call(
-                    fn, target, request, self._checkpointer(item, fn, stored)
-                )
+                hooks = Checkpoints(record=steps.record, flush=steps.flush)
+                return await self.inproc.call(fn, target, request, hooks)
             return await self.http.call(fn, target, request, None)
         except Exception as err:
             _log.exception("calling %s failed", fn.fn_id)
@@ -395,40 +400,6 @@ class Orchestrator:
                 _log.warning(
                     "renewing the lease of queue item %s failed (%s); retrying", item.id, err
                 )
-
-    def _checkpointer(
-        self, item: QueueItem, fn: FunctionRecord, stored: list[int]
-    ) -> Callable[[dict[str, Any]], Awaitable[None]]:
-        run_id = item.run_id
-
-        async def checkpoint(op: dict[str, Any]) -> None:
-            now = now_ms()
-            attempt = 0 if stored else item.attempt
-            stored.append(1)
-            rec = HistoryRecord(
-                run_id,
-                op["id"],
-                op["displayName"],
-                op["op"],
-                attempt,
-                op.get("started_at", now),
-                now,
-                op.get("data"),
-            )
-            if not await self.store.checkpoint(rec, {"data": op.get("data")}):
-                raise RunCancelledError(f"run {run_id} has ended; its request stops here")
-            self._emit(
-                "step",
-                {
-                    "run_id": run_id,
-                    "fn_id": fn.fn_id,
-                    "step": op["displayName"],
-                    "op": op["op"],
-                    "data": op.get("data"),
-                },
-            )
-
-        return checkpoint
 
     def _report(
         self, fn: FunctionRecord, item: QueueItem, result: CallResult, run: RunRecord | None
@@ -459,6 +430,51 @@ class Orchestrator:
                 },
             )
             self._settled(run.run_id)
+
+
+class _Steps:
+    """The steps one in-process request finishes: recorded at once, made durable just before
+    the next step runs (or with the request's answer), so each result is stored before
+    anything else happens, with one commit per step and none extra for the last."""
+
+    def __init__(self, orch: Orchestrator, item: QueueItem, fn: FunctionRecord) -> None:
+        self.orch = orch
+        self.item = item
+        self.fn = fn
+        self.count = 0
+        self.buffer: list[tuple[HistoryRecord, dict[str, Any]]] = []
+
+    async def record(self, op: dict[str, Any]) -> None:
+        now = now_ms()
+        attempt = self.item.attempt if self.count == 0 else 0
+        self.count += 1
+        data = op.get("data")
+        rec = HistoryRecord(
+            self.item.run_id,
+            op["id"],
+            op["displayName"],
+            op["op"],
+            attempt,
+            op.get("started_at", now),
+            now,
+            data,
+        )
+        self.buffer.append((rec, {"data": data}))
+        details = {
+            "run_id": self.item.run_id,
+            "fn_id": self.fn.fn_id,
+            "step": op["displayName"],
+            "op": op["op"],
+            "data": data,
+        }
+        self.orch._emit("step", details)
+
+    async def flush(self) -> None:
+        while self.buffer:
+            rec, memo = self.buffer[0]
+            if not await self.orch.store.checkpoint(rec, memo):
+                raise RunCancelledError(f"run {rec.run_id} has ended; its request stops here")
+            self.buffer.pop(0)
 
 
 def parse_events(body: Any) -> list[Event]:

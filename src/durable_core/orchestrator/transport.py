@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import httpx
@@ -18,10 +17,11 @@ import rfc8785
 
 from .. import signing
 from .._execute import ExecutionRequest, execute, to_wire
+from .._steps import Checkpoints
 from ..function import Durable
 from .store import FunctionRecord
 
-Checkpoint = Callable[[dict[str, Any]], Awaitable[None]]
+Checkpoint = Checkpoints
 INPROC_SCHEME = "inproc"
 
 
