@@ -7,6 +7,7 @@ waits, invokes, signals); when the last one resolves, exactly one discovery requ
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import random
@@ -492,6 +493,11 @@ class Machine:
             run.run_id, status=status, ended_at=now_ms(), output=output, error=error, reason=reason
         )
         await tx.clear_run(run.run_id)
+        tx.finished.append(
+            dataclasses.replace(
+                run, status=status, ended_at=now_ms(), output=output, error=error, reason=reason
+            )
+        )
         event = run.events[0]
         if status is RunStatus.COMPLETED:
             system = Event(

@@ -133,6 +133,7 @@ class PgTx(Tx):
         self.conn = conn
         self.notify: set[str] = set()
         self.taken = []
+        self.finished = []
 
     async def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         cur = await self.conn.execute(sql, args)
@@ -425,19 +426,22 @@ class PgTx(Tx):
 
     async def candidate_waits(self, event: dict[str, Any]) -> list[WaitRecord]:
         name = event["name"]
-        paths = await self._all(
-            "SELECT DISTINCT key_path FROM waits WHERE event_name=%s AND key_path IS NOT NULL",
-            (name,),
-        )
-        rows = await self._all(
-            "SELECT * FROM waits WHERE event_name=%s AND key_path IS NULL", (name,)
-        )
-        for p in paths:
-            value = expressions.event_value(event, p["key_path"])
+        groups = await self._all(
+            "SELECT key_path FROM waits WHERE event_name=%s GROUP BY key_path", (name,)
+        )  # one round trip when nobody waits for this event, the common case
+        rows: list[dict[str, Any]] = []
+        for g in groups:
+            path = g["key_path"]
+            if path is None:
+                rows += await self._all(
+                    "SELECT * FROM waits WHERE event_name=%s AND key_path IS NULL", (name,)
+                )
+                continue
+            value = expressions.event_value(event, path)
             if value is not None:
                 rows += await self._all(
                     "SELECT * FROM waits WHERE event_name=%s AND key_path=%s AND key_value=%s",
-                    (name, p["key_path"], value),
+                    (name, path, value),
                 )
         return [_wait(r) for r in rows]
 

@@ -367,7 +367,7 @@ class Orchestrator:
                 if await tx.put_memo(rec.run_id, rec.step, memo):
                     await tx.add_history(rec)
             await self.machine.apply(tx, answered, current, result, started)
-            return await tx.get_run(run.run_id)
+            return next((r for r in tx.finished if r.run_id == run.run_id), current)
 
         after = await self.atomic(body)
         self._wake.set()

@@ -112,6 +112,7 @@ class SqliteTx(Tx):
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         self.taken = []
+        self.finished = []
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         return self.db.execute(sql, args).fetchall()
@@ -388,11 +389,17 @@ class SqliteTx(Tx):
 
     async def candidate_waits(self, event: dict[str, Any]) -> list[WaitRecord]:
         name = event["name"]
-        paths = [r[0] for r in self.db.execute(
-            "SELECT DISTINCT key_path FROM waits WHERE event_name=? AND key_path IS NOT NULL", (name,)
-        ).fetchall()]  # fmt: skip
-        rows = self._all("SELECT * FROM waits WHERE event_name=? AND key_path IS NULL", (name,))
-        for path in paths:
+        groups = self._all(
+            "SELECT key_path FROM waits WHERE event_name=? GROUP BY key_path", (name,)
+        )
+        rows: list[sqlite3.Row] = []
+        for g in groups:
+            path = g["key_path"]
+            if path is None:
+                rows += self._all(
+                    "SELECT * FROM waits WHERE event_name=? AND key_path IS NULL", (name,)
+                )
+                continue
             value = expressions.event_value(event, path)
             if value is not None:
                 rows += self._all(

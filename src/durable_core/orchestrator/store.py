@@ -142,6 +142,8 @@ class Tx(abc.ABC):
 
     #: Items this process leased while queueing them, to run once the transaction commits.
     taken: list[tuple[QueueItem, RunRecord]]
+    #: Runs this transaction finished, as they ended.
+    finished: list[RunRecord]
 
     # apps and functions
     @abc.abstractmethod
