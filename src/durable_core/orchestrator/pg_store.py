@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from ..errors import ConfigError
 from . import expressions
 from .store import (
+    RUN_JSON_COLUMNS,
     AppRecord,
     EventRecord,
     FunctionRecord,
@@ -40,7 +41,11 @@ from .store import (
     Store,
     Tx,
     WaitRecord,
+    dump,
+    load,
     now_ms,
+    run_from_row,
+    wait_from_row,
 )
 
 _log = logging.getLogger("durable.orchestrator")
@@ -87,47 +92,6 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _run(r: dict[str, Any]) -> RunRecord:
-    return RunRecord(
-        run_id=r["run_id"],
-        fn_id=r["fn_id"],
-        app_id=r["app_id"],
-        status=RunStatus(r["status"]),
-        events=json.loads(r["events"]),
-        created_at=r["created_at"],
-        started_at=r["started_at"],
-        ended_at=r["ended_at"],
-        output=_load(r["output"]),
-        error=_load(r["error"]),
-        parent_run_id=r["parent_run_id"],
-        parent_step=r["parent_step"],
-        reason=r["reason"],
-        batch_parallel=bool(r["batch_parallel"]),
-    )
-
-
-def _wait(r: dict[str, Any]) -> WaitRecord:
-    return WaitRecord(
-        r["run_id"],
-        r["step"],
-        r["event_name"],
-        r["expression"],
-        json.loads(r["trigger_event"]),
-        r["expires_at"],
-    )
-
-
-_RUN_JSON = {"events", "output", "error"}
-
-
 class PgTx(Tx):
     def __init__(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
         self.conn = conn
@@ -146,7 +110,7 @@ class PgTx(Tx):
     async def upsert_app(self, app: AppRecord, functions: list[FunctionRecord]) -> bool:
         rows = await self._all("SELECT fn_id, config FROM functions WHERE app_id=%s", (app.app_id,))
         before = {r["fn_id"]: r["config"] for r in rows}
-        after = {f.fn_id: _dump(f.config) for f in functions}
+        after = {f.fn_id: dump(f.config) for f in functions}
         old = await self._all("SELECT url FROM apps WHERE app_id=%s FOR UPDATE", (app.app_id,))
         await self.conn.execute(
             "INSERT INTO apps VALUES (%s,%s,%s,%s,%s) ON CONFLICT (app_id) DO UPDATE SET url=EXCLUDED.url,"
@@ -179,11 +143,11 @@ class PgTx(Tx):
             (
                 event.internal_id,
                 event.name,
-                _dump(event.data),
+                dump(event.data),
                 event.event_id,
                 event.ts,
                 event.received_at,
-                _dump(event.raw),
+                dump(event.raw),
             ),
         )
 
@@ -226,20 +190,20 @@ class PgTx(Tx):
         await self.conn.execute(
             "INSERT INTO runs VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
             (
-                run.run_id, run.fn_id, run.app_id, run.status.value, _dump(run.events), run.created_at,
-                run.started_at, run.ended_at, None if run.output is None else _dump(run.output),
-                None if run.error is None else _dump(run.error), run.parent_run_id, run.parent_step,
+                run.run_id, run.fn_id, run.app_id, run.status.value, dump(run.events), run.created_at,
+                run.started_at, run.ended_at, None if run.output is None else dump(run.output),
+                None if run.error is None else dump(run.error), run.parent_run_id, run.parent_step,
                 run.reason, run.batch_parallel,
             ),
         )  # fmt: skip
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         rows = await self._all("SELECT * FROM runs WHERE run_id=%s", (run_id,))
-        return _run(rows[0]) if rows else None
+        return run_from_row(rows[0]) if rows else None
 
     async def lock_run(self, run_id: str) -> RunRecord | None:
         rows = await self._all("SELECT * FROM runs WHERE run_id=%s FOR UPDATE", (run_id,))
-        return _run(rows[0]) if rows else None
+        return run_from_row(rows[0]) if rows else None
 
     async def run_status(self, run_id: str) -> RunStatus | None:
         rows = await self._all("SELECT status FROM runs WHERE run_id=%s", (run_id,))
@@ -249,8 +213,8 @@ class PgTx(Tx):
         cols, args = [], list[Any]()
         for key, value in fields.items():
             cols.append(f"{key}=%s")
-            if key in _RUN_JSON:
-                value = None if value is None else _dump(value)
+            if key in RUN_JSON_COLUMNS:
+                value = None if value is None else dump(value)
             elif isinstance(value, RunStatus):
                 value = value.value
             args.append(value)
@@ -271,19 +235,19 @@ class PgTx(Tx):
             args.append(flt.before)
         sql += " ORDER BY created_at DESC, run_id DESC LIMIT %s"
         args.append(flt.limit)
-        return [_run(r) for r in await self._all(sql, tuple(args))]
+        return [run_from_row(r) for r in await self._all(sql, tuple(args))]
 
     async def unfinished_runs(self) -> list[RunRecord]:
         rows = await self._all(
             "SELECT * FROM runs WHERE status NOT IN ('completed','failed','cancelled')"
         )
-        return [_run(r) for r in rows]
+        return [run_from_row(r) for r in rows]
 
     async def put_memo(self, run_id: str, step: str, memo: Any) -> bool:
         return (
             await self._count(
                 "INSERT INTO memos VALUES (%s,%s,%s) ON CONFLICT DO NOTHING",
-                (run_id, step, _dump(memo)),
+                (run_id, step, dump(memo)),
             )
             == 1
         )
@@ -317,8 +281,8 @@ class PgTx(Tx):
             " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
             (
                 rec.run_id, rec.step, rec.name, rec.op, rec.attempt, rec.started_at, rec.ended_at,
-                None if rec.output is None else _dump(rec.output),
-                None if rec.error is None else _dump(rec.error),
+                None if rec.output is None else dump(rec.output),
+                None if rec.error is None else dump(rec.error),
             ),
         )  # fmt: skip
 
@@ -326,7 +290,7 @@ class PgTx(Tx):
         await self.conn.execute(
             "UPDATE history SET ended_at=%s, output=%s WHERE id=(SELECT max(id) FROM history"
             " WHERE run_id=%s AND step=%s AND ended_at IS NULL)",
-            (ended_at, None if output is None else _dump(output), run_id, step),
+            (ended_at, None if output is None else dump(output), run_id, step),
         )
 
     async def get_history(self, run_id: str) -> list[HistoryRecord]:
@@ -334,8 +298,8 @@ class PgTx(Tx):
         return [
             HistoryRecord(
                 run_id=r["run_id"], step=r["step"], name=r["name"], op=r["op"], attempt=r["attempt"],
-                started_at=r["started_at"], ended_at=r["ended_at"], output=_load(r["output"]),
-                error=_load(r["error"]), id=r["id"],
+                started_at=r["started_at"], ended_at=r["ended_at"], output=load(r["output"]),
+                error=load(r["error"]), id=r["id"],
             )
             for r in rows
         ]  # fmt: skip
@@ -360,7 +324,7 @@ class PgTx(Tx):
                 step,
                 attempt,
                 available_at or now_ms(),
-                None if payload is None else _dump(payload),
+                None if payload is None else dump(payload),
                 lease_until,
             ),
         )
@@ -384,7 +348,7 @@ class PgTx(Tx):
                 r["step"],
                 r["attempt"],
                 r["available_at"],
-                _load(r["payload"]),
+                load(r["payload"]),
             )
             for r in rows
         ]
@@ -419,7 +383,7 @@ class PgTx(Tx):
             " event_name=EXCLUDED.event_name, expression=EXCLUDED.expression, trigger_event=EXCLUDED.trigger_event,"
             " expires_at=EXCLUDED.expires_at, key_path=EXCLUDED.key_path, key_value=EXCLUDED.key_value",
             (
-                wait.run_id, wait.step, wait.event_name, wait.expression, _dump(wait.trigger_event),
+                wait.run_id, wait.step, wait.event_name, wait.expression, dump(wait.trigger_event),
                 wait.expires_at, index[0] if index else None, index[1] if index else None,
             ),
         )  # fmt: skip
@@ -443,7 +407,7 @@ class PgTx(Tx):
                     "SELECT * FROM waits WHERE event_name=%s AND key_path=%s AND key_value=%s",
                     (name, path, value),
                 )
-        return [_wait(r) for r in rows]
+        return [wait_from_row(r) for r in rows]
 
     async def remove_wait(self, run_id: str, step: str) -> bool:
         return (
@@ -571,9 +535,9 @@ class PostgresStore(Store):
                 "   SELECT %(r)s, %(s)s, %(name)s, %(op)s, %(attempt)s, %(start)s, %(end)s, %(out)s FROM m)"
                 " SELECT count(*) AS active FROM ok",
                 {
-                    "r": rec.run_id, "s": rec.step, "memo": _dump(memo), "name": rec.name, "op": rec.op,
+                    "r": rec.run_id, "s": rec.step, "memo": dump(memo), "name": rec.name, "op": rec.op,
                     "attempt": rec.attempt, "start": rec.started_at, "end": rec.ended_at,
-                    "out": None if rec.output is None else _dump(rec.output),
+                    "out": None if rec.output is None else dump(rec.output),
                 },
             )  # fmt: skip
             row = await cur.fetchone()

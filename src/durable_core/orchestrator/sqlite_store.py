@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import ConfigError
 from . import expressions
 from .store import (
+    RUN_JSON_COLUMNS,
     AppRecord,
     EventRecord,
     FunctionRecord,
@@ -30,7 +31,11 @@ from .store import (
     Store,
     Tx,
     WaitRecord,
+    dump,
+    load,
     now_ms,
+    run_from_row,
+    wait_from_row,
 )
 
 MIGRATIONS: list[str] = [
@@ -74,36 +79,6 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _run(row: sqlite3.Row) -> RunRecord:
-    return RunRecord(
-        run_id=row["run_id"],
-        fn_id=row["fn_id"],
-        app_id=row["app_id"],
-        status=RunStatus(row["status"]),
-        events=json.loads(row["events"]),
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        output=_load(row["output"]),
-        error=_load(row["error"]),
-        parent_run_id=row["parent_run_id"],
-        parent_step=row["parent_step"],
-        reason=row["reason"],
-        batch_parallel=bool(row["batch_parallel"]),
-    )
-
-
-_RUN_JSON = {"events", "output", "error"}
-
-
 class StoreLockedError(ConfigError):
     """Another process owns this SQLite file."""
 
@@ -122,7 +97,7 @@ class SqliteTx(Tx):
             r["fn_id"]: r["config"]
             for r in self._all("SELECT fn_id, config FROM functions WHERE app_id=?", (app.app_id,))
         }
-        after = {f.fn_id: _dump(f.config) for f in functions}
+        after = {f.fn_id: dump(f.config) for f in functions}
         old_app = self._all("SELECT url FROM apps WHERE app_id=?", (app.app_id,))
         self.db.execute(
             "INSERT INTO apps VALUES (?,?,?,?,?) ON CONFLICT (app_id) DO UPDATE SET url=excluded.url,"
@@ -152,11 +127,11 @@ class SqliteTx(Tx):
             (
                 event.internal_id,
                 event.name,
-                _dump(event.data),
+                dump(event.data),
                 event.event_id,
                 event.ts,
                 event.received_at,
-                _dump(event.raw),
+                dump(event.raw),
             ),
         )
 
@@ -198,16 +173,16 @@ class SqliteTx(Tx):
         self.db.execute(
             "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
-                run.run_id, run.fn_id, run.app_id, run.status.value, _dump(run.events), run.created_at,
-                run.started_at, run.ended_at, None if run.output is None else _dump(run.output),
-                None if run.error is None else _dump(run.error), run.parent_run_id, run.parent_step,
+                run.run_id, run.fn_id, run.app_id, run.status.value, dump(run.events), run.created_at,
+                run.started_at, run.ended_at, None if run.output is None else dump(run.output),
+                None if run.error is None else dump(run.error), run.parent_run_id, run.parent_step,
                 run.reason, int(run.batch_parallel),
             ),
         )  # fmt: skip
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         rows = self._all("SELECT * FROM runs WHERE run_id=?", (run_id,))
-        return _run(rows[0]) if rows else None
+        return run_from_row(rows[0]) if rows else None
 
     async def lock_run(self, run_id: str) -> RunRecord | None:
         return await self.get_run(run_id)  # a SQLite transaction already excludes all others
@@ -220,8 +195,8 @@ class SqliteTx(Tx):
         cols, args = [], []
         for key, value in fields.items():
             cols.append(f"{key}=?")
-            if key in _RUN_JSON:
-                value = None if value is None else _dump(value)
+            if key in RUN_JSON_COLUMNS:
+                value = None if value is None else dump(value)
             elif isinstance(value, RunStatus):
                 value = value.value
             elif isinstance(value, bool):
@@ -242,17 +217,17 @@ class SqliteTx(Tx):
             args.append(flt.before)
         sql += " ORDER BY created_at DESC, run_id DESC LIMIT ?"
         args.append(flt.limit)
-        return [_run(r) for r in self._all(sql, tuple(args))]
+        return [run_from_row(r) for r in self._all(sql, tuple(args))]
 
     async def unfinished_runs(self) -> list[RunRecord]:
         rows = self._all(
             "SELECT * FROM runs WHERE status NOT IN ('completed','failed','cancelled')"
         )
-        return [_run(r) for r in rows]
+        return [run_from_row(r) for r in rows]
 
     async def put_memo(self, run_id: str, step: str, memo: Any) -> bool:
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO memos VALUES (?,?,?)", (run_id, step, _dump(memo))
+            "INSERT OR IGNORE INTO memos VALUES (?,?,?)", (run_id, step, dump(memo))
         )
         return cur.rowcount == 1
 
@@ -283,8 +258,8 @@ class SqliteTx(Tx):
             " VALUES (?,?,?,?,?,?,?,?,?)",
             (
                 rec.run_id, rec.step, rec.name, rec.op, rec.attempt, rec.started_at, rec.ended_at,
-                None if rec.output is None else _dump(rec.output),
-                None if rec.error is None else _dump(rec.error),
+                None if rec.output is None else dump(rec.output),
+                None if rec.error is None else dump(rec.error),
             ),
         )  # fmt: skip
 
@@ -292,7 +267,7 @@ class SqliteTx(Tx):
         self.db.execute(
             "UPDATE history SET ended_at=?, output=? WHERE id=(SELECT max(id) FROM history"
             " WHERE run_id=? AND step=? AND ended_at IS NULL)",
-            (ended_at, None if output is None else _dump(output), run_id, step),
+            (ended_at, None if output is None else dump(output), run_id, step),
         )
 
     async def get_history(self, run_id: str) -> list[HistoryRecord]:
@@ -300,8 +275,8 @@ class SqliteTx(Tx):
         return [
             HistoryRecord(
                 run_id=r["run_id"], step=r["step"], name=r["name"], op=r["op"], attempt=r["attempt"],
-                started_at=r["started_at"], ended_at=r["ended_at"], output=_load(r["output"]),
-                error=_load(r["error"]), id=r["id"],
+                started_at=r["started_at"], ended_at=r["ended_at"], output=load(r["output"]),
+                error=load(r["error"]), id=r["id"],
             )
             for r in rows
         ]  # fmt: skip
@@ -326,7 +301,7 @@ class SqliteTx(Tx):
                 step,
                 attempt,
                 available_at or now_ms(),
-                None if payload is None else _dump(payload),
+                None if payload is None else dump(payload),
                 lease_until,
             ),
         )
@@ -346,7 +321,7 @@ class SqliteTx(Tx):
                 r["step"],
                 r["attempt"],
                 r["available_at"],
-                _load(r["payload"]),
+                load(r["payload"]),
             )
             for r in rows
         ]
@@ -382,7 +357,7 @@ class SqliteTx(Tx):
         self.db.execute(
             "INSERT OR REPLACE INTO waits VALUES (?,?,?,?,?,?,?,?)",
             (
-                wait.run_id, wait.step, wait.event_name, wait.expression, _dump(wait.trigger_event),
+                wait.run_id, wait.step, wait.event_name, wait.expression, dump(wait.trigger_event),
                 wait.expires_at, index[0] if index else None, index[1] if index else None,
             ),
         )  # fmt: skip
@@ -406,17 +381,7 @@ class SqliteTx(Tx):
                     "SELECT * FROM waits WHERE event_name=? AND key_path=? AND key_value=?",
                     (name, path, value),
                 )
-        return [
-            WaitRecord(
-                r["run_id"],
-                r["step"],
-                r["event_name"],
-                r["expression"],
-                json.loads(r["trigger_event"]),
-                r["expires_at"],
-            )
-            for r in rows
-        ]
+        return [wait_from_row(r) for r in rows]
 
     async def remove_wait(self, run_id: str, step: str) -> bool:
         return (

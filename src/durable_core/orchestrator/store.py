@@ -9,14 +9,62 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Protocol
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# -- rows: both databases keep payloads as JSON text and map rows the same way ---------------
+
+RUN_JSON_COLUMNS = frozenset({"events", "output", "error"})
+
+
+class Row(Protocol):
+    def __getitem__(self, key: str) -> Any: ...
+
+
+def dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def run_from_row(r: Row) -> RunRecord:
+    return RunRecord(
+        run_id=r["run_id"],
+        fn_id=r["fn_id"],
+        app_id=r["app_id"],
+        status=RunStatus(r["status"]),
+        events=json.loads(r["events"]),
+        created_at=r["created_at"],
+        started_at=r["started_at"],
+        ended_at=r["ended_at"],
+        output=load(r["output"]),
+        error=load(r["error"]),
+        parent_run_id=r["parent_run_id"],
+        parent_step=r["parent_step"],
+        reason=r["reason"],
+        batch_parallel=bool(r["batch_parallel"]),
+    )
+
+
+def wait_from_row(r: Row) -> WaitRecord:
+    return WaitRecord(
+        r["run_id"],
+        r["step"],
+        r["event_name"],
+        r["expression"],
+        json.loads(r["trigger_event"]),
+        r["expires_at"],
+    )
 
 
 class RunStatus(enum.StrEnum):
