@@ -48,6 +48,14 @@ class TriggerCron(_Option):
     def __init__(self, cron: str) -> None:
         super().__init__(**{"cron": cron})
 
+    @pydantic.field_validator("cron")
+    @classmethod
+    def _valid(cls, value: str) -> str:
+        from .orchestrator.cron import parse
+
+        parse(value)
+        return value
+
 
 Trigger = TriggerEvent | TriggerCron
 

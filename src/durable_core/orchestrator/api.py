@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import signing
-from . import expressions
+from . import cron, expressions
 from .runtime import Orchestrator, parse_events
 from .store import HistoryRecord, RunFilter, RunRecord, RunStatus
 
@@ -164,6 +164,11 @@ def _check_function(fn: _FunctionIn) -> None:
     for i, trig in enumerate(fn.triggers):
         if not isinstance(trig.get("event"), str) and not isinstance(trig.get("cron"), str):
             raise _Problem(400, f"function {fn.id}: triggers[{i}] needs an 'event' or a 'cron'")
+        if isinstance(trig.get("cron"), str):
+            try:
+                cron.check(trig["cron"])
+            except Exception as err:
+                raise _Problem(400, f"function {fn.id}: triggers[{i}].cron: {err}") from None
         expr = trig.get("expression")
         if expr is not None:
             try:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .._durations import parse_duration
 from ..events import Event
-from . import expressions
+from . import cron, expressions
 from .ids import new_id
 from .store import (
     EventRecord,
@@ -120,6 +120,22 @@ class Machine:
                 ):
                     await self.resolve(tx, wait.run_id, wait.step, wire)
         return ids
+
+    def cron_triggers(self) -> list[tuple[FunctionRecord, str]]:
+        return [
+            (fn, str(trig["cron"]))
+            for fn in self.functions.values()
+            for trig in fn.config.get("triggers") or []
+            if "cron" in trig
+        ]
+
+    async def fire_cron(self, tx: Tx, fn: FunctionRecord, spec: str, tick: int) -> bool:
+        """Start the run of `tick` unless a process did already (or a later tick ran)."""
+        if not await tx.advance_key("cron", f"{fn.fn_id}|{spec}", tick):
+            return False
+        event = {"name": cron.TIMER_EVENT, "data": {"cron": spec}, "id": new_id(), "ts": tick}
+        await self.start_run(tx, fn, [event])
+        return True
 
     async def start_run(
         self,

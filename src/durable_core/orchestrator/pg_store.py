@@ -176,6 +176,22 @@ class PgTx(Tx):
             for r in await self._all(sql, tuple(args))
         ]
 
+    async def get_key(self, scope: str, key: str) -> int | None:
+        rows = await self._all(
+            "SELECT expires_at FROM keys WHERE scope=%s AND key=%s", (scope, key)
+        )
+        return None if not rows else int(rows[0]["expires_at"])
+
+    async def advance_key(self, scope: str, key: str, value: int) -> bool:
+        return (
+            await self._count(
+                "INSERT INTO keys VALUES (%s,%s,%s) ON CONFLICT (scope, key) DO UPDATE SET"
+                " expires_at=EXCLUDED.expires_at WHERE keys.expires_at<EXCLUDED.expires_at",
+                (scope, key, value),
+            )
+            == 1
+        )
+
     async def claim_key(self, scope: str, key: str, expires_at: int) -> bool:
         return (
             await self._count(

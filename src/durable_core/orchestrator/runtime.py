@@ -21,6 +21,7 @@ import pydantic
 from .._steps import Checkpoints
 from ..errors import ConfigError
 from ..events import Event
+from . import cron
 from .core import DEFAULT_BACKOFF, Machine
 from .store import (
     AppRecord,
@@ -72,6 +73,8 @@ class Orchestrator:
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._cron: asyncio.Task[None] | None = None
+        self._cron_changed = asyncio.Event()
         self._stopping = False
         self._listeners: list[Listener] = []
         self._run_waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -101,6 +104,7 @@ class Orchestrator:
         self._stopping = False
         await self.store.subscribe(self._notified)
         self._dispatcher = asyncio.create_task(self._dispatch(), name="durable-dispatcher")
+        self._cron = asyncio.create_task(self._schedule(), name="durable-cron")
 
     def _notified(self, what: str) -> None:
         """Another process queued work or changed functions (shared stores)."""
@@ -115,14 +119,16 @@ class Orchestrator:
             functions = await tx.list_functions()
         self.machine.functions = {f.fn_id: f for f in functions}
         self.machine.reindex()
+        self._cron_changed.set()
 
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+        for loop_task in (self._dispatcher, self._cron):
+            if loop_task is not None:
+                loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop_task
         for task in list(self._inflight):
             task.cancel()
         if self._inflight:
@@ -166,6 +172,7 @@ class Orchestrator:
             del self.machine.functions[fn_id]
         self.machine.functions.update({f.fn_id: f for f in functions})
         self.machine.reindex()
+        self._cron_changed.set()
         return modified
 
     # -- intake -----------------------------------------------------------------------------
@@ -313,6 +320,36 @@ class Orchestrator:
                     await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
 
+    async def _schedule(self) -> None:
+        """Start cron runs when their ticks come (one run for ticks missed while down)."""
+        seen: dict[str, int] = {}
+        while not self._stopping:
+            now = now_ms()
+            soonest = now + 60_000
+            for fn, spec in self.machine.cron_triggers():
+                key = f"{fn.fn_id}|{spec}"
+                try:
+                    due = cron.latest_tick(spec, now)
+                    if key not in seen:  # first look: a new schedule starts at its next tick
+                        async with self.store.snapshot() as tx:
+                            stored = await tx.get_key("cron", key)
+                        if stored is None:
+                            await self.atomic(_advance(key, due))
+                            stored = due
+                        seen[key] = stored
+                    if due > seen[key]:
+                        await self.atomic(_fire(self.machine, fn, spec, due))
+                        seen[key] = due
+                        self._wake.set()
+                    soonest = min(soonest, cron.next_tick(spec, now))
+                except Exception:
+                    _log.exception("cron schedule %r of %s failed; trying again", spec, fn.fn_id)
+            self._cron_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._cron_changed.wait(), max(0.0, (soonest - now_ms()) / 1000)
+                )
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -430,6 +467,16 @@ class Orchestrator:
                 },
             )
             self._settled(run.run_id)
+
+
+def _advance(key: str, tick: int) -> Callable[[Tx], Awaitable[bool]]:
+    return lambda tx: tx.advance_key("cron", key, tick)
+
+
+def _fire(
+    machine: Machine, fn: FunctionRecord, spec: str, tick: int
+) -> Callable[[Tx], Awaitable[bool]]:
+    return lambda tx: machine.fire_cron(tx, fn, spec, tick)
 
 
 class _Steps:

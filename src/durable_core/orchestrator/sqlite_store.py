@@ -160,6 +160,20 @@ class SqliteTx(Tx):
             for r in self._all(sql, tuple(args))
         ]
 
+    async def get_key(self, scope: str, key: str) -> int | None:
+        row = self.db.execute(
+            "SELECT expires_at FROM keys WHERE scope=? AND key=?", (scope, key)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    async def advance_key(self, scope: str, key: str, value: int) -> bool:
+        cur = self.db.execute(
+            "INSERT INTO keys VALUES (?,?,?) ON CONFLICT (scope, key) DO UPDATE SET expires_at=excluded.expires_at"
+            " WHERE keys.expires_at<excluded.expires_at",
+            (scope, key, value),
+        )
+        return cur.rowcount == 1
+
     async def claim_key(self, scope: str, key: str, expires_at: int) -> bool:
         now = now_ms()
         cur = self.db.execute(

@@ -209,6 +209,12 @@ class Tx(abc.ABC):
         self, name: str | None, limit: int, before: int | None
     ) -> list[EventRecord]: ...
     @abc.abstractmethod
+    async def get_key(self, scope: str, key: str) -> int | None: ...
+    @abc.abstractmethod
+    async def advance_key(self, scope: str, key: str, value: int) -> bool:
+        """Set a key's value if it is new or greater than the stored one; True if it was."""
+
+    @abc.abstractmethod
     async def claim_key(self, scope: str, key: str, expires_at: int) -> bool:
         """Record an idempotency key; False if it is held and not expired."""
 
