@@ -286,39 +286,20 @@ class Machine:
             kind, step = op.get("op"), str(op.get("id"))
             name = str(op.get("displayName") or op.get("name") or step)
             opts = op.get("opts") or {}
-            if kind in ("StepRun", "StepFailed"):
-                memo = {"data": op.get("data")} if kind == "StepRun" else {"error": op.get("error")}
+            if kind in ("StepRun", "StepFailed", "StepError"):  # the step ran in this request
                 await tx.add_history(
                     HistoryRecord(
-                        run.run_id,
-                        step,
-                        name,
-                        kind,
-                        item.attempt,
-                        started,
-                        now,
-                        op.get("data"),
-                        op.get("error"),
+                        run.run_id, step, name, kind, item.attempt, started, now,
+                        op.get("data") if kind == "StepRun" else None, op.get("error"),
                     )
-                )
+                )  # fmt: skip
+            if kind in ("StepRun", "StepFailed"):
+                memo = {"data": op.get("data")} if kind == "StepRun" else {"error": op.get("error")}
                 if item.kind is ItemKind.STEP:
                     await self.resolve(tx, run.run_id, step, memo)
                 else:
                     await tx.put_memo(run.run_id, step, memo)
             elif kind == "StepError":
-                await tx.add_history(
-                    HistoryRecord(
-                        run.run_id,
-                        step,
-                        name,
-                        kind,
-                        item.attempt,
-                        started,
-                        now,
-                        None,
-                        op.get("error"),
-                    )
-                )
                 await tx.enqueue(
                     run.run_id,
                     item.kind,
