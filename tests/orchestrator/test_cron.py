@@ -146,3 +146,26 @@ def test_schedules_in_a_time_zone() -> None:
 def test_a_bad_schedule_is_refused_where_it_is_written(spec: str) -> None:
     with pytest.raises(ConfigError, match="cron"):
         TriggerCron(spec)
+
+
+async def test_a_bad_schedule_in_a_registration_is_a_400(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from durable_core.orchestrator.api import Api
+    from durable_core.orchestrator.sqlite_store import SqliteStore
+
+    orch = Orchestrator(SqliteStore(str(tmp_path / "reg.db")))
+    runtime = {"type": "http", "url": "http://127.0.0.1:9/api?fnId=a-f&stepId=step"}
+    function = {
+        "id": "a-f",
+        "triggers": [{"cron": "61 * * * *"}],
+        "steps": {"step": {"runtime": runtime}},
+    }
+    try:
+        with TestClient(Api(orch).app()) as client:
+            res = client.post("/fn/register", json={"appname": "a", "functions": [function]})
+    finally:
+        await orch.http.aclose()
+        await orch.store.close()
+    assert res.status_code == 400
+    assert "triggers[0].cron" in res.json()["error"]
