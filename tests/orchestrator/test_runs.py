@@ -515,6 +515,30 @@ def test_invoke_timeout_raises_step_error(embedded: StartFactory) -> None:
     assert run["output"] == {"name": "InvokeTimeout"}
 
 
+def test_an_op_answered_at_once_waits_for_the_rest_of_its_batch(embedded: StartFactory) -> None:
+    """An invoke of an unknown function is answered at once; fanning in must still wait for
+    the sleep found with it, so the sleep is reported (and recorded) once."""
+    d = app()
+
+    @d.function(id="batch", trigger=TriggerEvent("t/go"))
+    async def batch(ctx: Context) -> Any:
+        missing, slept = await asyncio.gather(
+            ctx.step.invoke("call", function="no-such-function"),
+            ctx.step.sleep("nap", 0.2),
+            return_exceptions=True,
+        )
+        assert isinstance(missing, StepError)
+        return {"invoke": missing.name, "slept": slept}
+
+    h = embedded(d)
+    h.send("t/go")
+    run = h.only_run("batch")
+    assert run["status"] == "completed", run
+    assert run["output"] == {"invoke": "FunctionNotFound", "slept": None}
+    assert ops(run, "nap") == [("nap", "Sleep", 0)]
+    assert ops(run, "call") == [("call", "InvokeFunction", 0)]
+
+
 @modes
 def test_send_event_triggers_another_function(mode: str, embedded: StartFactory) -> None:
     d = app()

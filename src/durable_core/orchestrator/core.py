@@ -43,6 +43,7 @@ FAILED, FINISHED, CANCELLED = (
 )
 INVOKED = "inngest/function.invoked"
 DEDUPE_MS = 24 * 3600 * 1000
+WAIT_DEFAULT_MS = 7 * 24 * 3600 * 1000  # a wait without a timeout
 
 
 def _ms(duration: str | None, default_ms: int) -> int:
@@ -282,6 +283,9 @@ class Machine:
         now = now_ms()
         waiting: list[str] = []
         reasons: list[str] = []
+        # Ops answered at once (an invoke of an unknown function, a signal already waited
+        # for): resolved after the whole batch is pending, so fan-in counts every op.
+        immediate: list[tuple[str, dict[str, Any]]] = []
         for op in ops:
             kind, step = op.get("op"), str(op.get("id"))
             name = str(op.get("displayName") or op.get("name") or step)
@@ -318,19 +322,13 @@ class Machine:
                     wake = now + _ms(opts.get("duration"), 0)
                 waiting.append(step)
                 await tx.add_history(HistoryRecord(run.run_id, step, name, kind, 0, now, None))
-                await tx.enqueue(
-                    run.run_id,
-                    ItemKind.RESUME,
-                    step=step,
-                    available_at=wake,
-                    payload={"memo": None},
-                )
+                await self._timer(tx, run.run_id, step, wake, {"memo": None})
                 reasons.append(
                     f"sleeping until {_dt.datetime.fromtimestamp(wake / 1000, _dt.UTC).isoformat()}"
                 )
             elif kind == "WaitForEvent":
                 event_name = str(opts.get("event") or op.get("name"))
-                expires = now + _ms(opts.get("timeout"), 7 * 24 * 3600 * 1000)
+                expires = now + _ms(opts.get("timeout"), WAIT_DEFAULT_MS)
                 expr = opts.get("if")
                 trigger = run.events[0]
                 await tx.add_wait(
@@ -339,43 +337,34 @@ class Machine:
                 )
                 waiting.append(step)
                 await tx.add_history(HistoryRecord(run.run_id, step, name, kind, 0, now, None))
-                await tx.enqueue(
-                    run.run_id,
-                    ItemKind.RESUME,
-                    step=step,
-                    available_at=expires,
-                    payload={"memo": None, "only_if": "wait"},
-                )
+                await self._timer(tx, run.run_id, step, expires, {"memo": None, "only_if": "wait"})
                 reasons.append(f"waiting for event {event_name!r}")
             elif kind == "WaitForSignal":
                 signal = str(opts.get("signal") or "")
                 await tx.add_history(HistoryRecord(run.run_id, step, name, kind, 0, now, None))
-                waiting.append(step)
                 if not await tx.add_signal(
                     signal, run.run_id, step, opts.get("conflict") != "fail"
                 ):
-                    await tx.add_pending(run.run_id, [step])
                     err = {
                         "name": "SignalConflict",
                         "message": f"another run already waits for signal {signal!r}",
                         "stack": None,
                     }
-                    await self.resolve(tx, run.run_id, step, {"error": err})
-                    waiting.pop()
+                    immediate.append((step, {"error": err}))
                     continue
-                expires = now + _ms(opts.get("timeout"), 7 * 24 * 3600 * 1000)
-                await tx.enqueue(
-                    run.run_id,
-                    ItemKind.RESUME,
-                    step=step,
-                    available_at=expires,
-                    payload={"memo": None, "only_if": "signal"},
+                waiting.append(step)
+                expires = now + _ms(opts.get("timeout"), WAIT_DEFAULT_MS)
+                await self._timer(
+                    tx, run.run_id, step, expires, {"memo": None, "only_if": "signal"}
                 )
                 reasons.append(f"waiting for signal {signal!r}")
             elif kind == "InvokeFunction":
-                waiting.append(step)
                 await tx.add_history(HistoryRecord(run.run_id, step, name, kind, 0, now, None))
-                await self._invoke(tx, run, step, opts, waiting, reasons)
+                refused = await self._invoke(tx, run, step, opts, reasons)
+                if refused is None:
+                    waiting.append(step)
+                else:
+                    immediate.append((step, refused))
             else:
                 await tx.add_history(
                     HistoryRecord(
@@ -401,8 +390,8 @@ class Machine:
                     },
                 )
                 return
-        if waiting:
-            await tx.add_pending(run.run_id, waiting)
+        if waiting or immediate:
+            await tx.add_pending(run.run_id, waiting + [step for step, _ in immediate])
             status = (
                 RunStatus.SLEEPING
                 if all(r.startswith("sleeping") for r in reasons) and reasons
@@ -414,8 +403,10 @@ class Machine:
                 run.run_id,
                 status=status,
                 reason="; ".join(reasons) or None,
-                batch_parallel=len(waiting) > 1,
+                batch_parallel=len(waiting) + len(immediate) > 1,
             )
+            for step, memo in immediate:
+                await self.resolve(tx, run.run_id, step, memo)
         elif item.kind is ItemKind.DISCOVERY and not any(o.get("op") == "StepError" for o in ops):
             await tx.enqueue(run.run_id, ItemKind.DISCOVERY)
             await tx.update_run(run.run_id, status=RunStatus.RUNNING, reason=None)
@@ -428,21 +419,18 @@ class Machine:
         run: RunRecord,
         step: str,
         opts: dict[str, Any],
-        waiting: list[str],
         reasons: list[str],
-    ) -> None:
+    ) -> dict[str, Any] | None:
+        """Start the child run; or the step's error memo if there is nothing to invoke."""
         fn_id = str(opts.get("function_id") or "")
         fn = self.functions.get(fn_id)
         if fn is None:
-            await tx.add_pending(run.run_id, [step])
-            waiting.remove(step)
             err = {
                 "name": "FunctionNotFound",
                 "message": f"cannot invoke {fn_id!r}: no such function is registered",
                 "stack": None,
             }
-            await self.resolve(tx, run.run_id, step, {"error": err})
-            return
+            return {"error": err}
         payload = opts.get("payload") or {}
         event = {"name": INVOKED, "data": payload.get("data") or {}, "id": new_id(), "ts": now_ms()}
         child = await self.start_run(tx, fn, [event], parent=(run.run_id, step))
@@ -452,14 +440,15 @@ class Machine:
                 "message": f"invoked function {fn_id} did not finish within {opts['timeout']}",
                 "stack": None,
             }
-            await tx.enqueue(
-                run.run_id,
-                ItemKind.RESUME,
-                step=step,
-                available_at=now_ms() + _ms(opts["timeout"], 0),
-                payload={"memo": {"error": err}},
-            )
+            at = now_ms() + _ms(opts["timeout"], 0)
+            await self._timer(tx, run.run_id, step, at, {"memo": {"error": err}})
         reasons.append(f"waiting for invoked run {child} of {fn_id}")
+        return None
+
+    @staticmethod
+    async def _timer(tx: Tx, run_id: str, step: str, at: int, payload: dict[str, Any]) -> None:
+        """Resume `step` at `at` with `payload["memo"]` (unless `only_if` says it resolved)."""
+        await tx.enqueue(run_id, ItemKind.RESUME, step=step, available_at=at, payload=payload)
 
     async def resume(self, tx: Tx, item: QueueItem) -> None:
         """A timer fired: a sleep ended, or a wait, signal or invoke timed out."""
