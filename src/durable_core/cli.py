@@ -260,7 +260,7 @@ def _when(iso: str | None) -> str:
 @click.option(
     "--status",
     default=None,
-    help="queued, running, sleeping, waiting, completed, failed or cancelled.",
+    help="queued, running, sleeping, waiting, completed, failed, cancelled or skipped.",
 )
 @click.option("--limit", default=20, show_default=True)
 @click.option("--url", default=None)

@@ -61,15 +61,19 @@ Trigger = TriggerEvent | TriggerCron
 
 
 class Concurrency(_Option):
+    """At most `limit` requests of the scope (and `key`) executing at once; 0 = no limit.
+    `scope`: "fn" (default, per function), "app" (the functions of one app), "env"/"account"
+    (every function on the orchestrator)."""
+
     limit: int = pydantic.Field(ge=0)
     key: str | None = None
-    scope: Literal["fn", "env", "account"] | None = None
+    scope: Literal["fn", "app", "env", "account"] | None = None
 
 
 class Throttle(_Option):
     limit: int = pydantic.Field(ge=1)
     period: Duration
-    burst: int | None = pydantic.Field(default=None, ge=1)
+    burst: int | None = pydantic.Field(default=None, ge=0)
     key: str | None = None
 
 
@@ -118,7 +122,7 @@ class FunctionOptions(_Option):
     name: str | None = None
     triggers: list[Trigger] = pydantic.Field(min_length=1)
     retries: int = pydantic.Field(default=4, ge=0, le=20)
-    concurrency: list[Concurrency] | None = None
+    concurrency: list[Concurrency] | None = pydantic.Field(default=None, max_length=2)
     throttle: Throttle | None = None
     rate_limit: RateLimit | None = pydantic.Field(default=None, alias="rateLimit")
     debounce: Debounce | None = None

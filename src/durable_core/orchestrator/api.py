@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import signing
-from . import cron, expressions
+from . import cron, expressions, flow
 from .runtime import Orchestrator, parse_events
 from .store import HistoryRecord, RunFilter, RunRecord, RunStatus
 
@@ -175,6 +175,9 @@ def _check_function(fn: _FunctionIn) -> None:
                 expressions.check(str(expr))
             except Exception as err:
                 raise _Problem(400, f"function {fn.id}: triggers[{i}].expression: {err}") from None
+    problem = flow.check(fn.model_dump(mode="json"))
+    if problem is not None:
+        raise _Problem(400, f"function {fn.id}: {problem}")
 
 
 class Api:

@@ -17,6 +17,7 @@ from typing import Any
 from .._durations import parse_duration
 from ..events import Event
 from . import cron, expressions
+from . import flow as flowctl
 from .ids import new_id
 from .store import (
     EventRecord,
@@ -77,6 +78,8 @@ class Machine:
         # When set: a lease deadline if this process runs a new run itself at once, else None.
         self.take: Callable[[], int | None] | None = None
         self.by_event: dict[str, list[tuple[FunctionRecord, str | None]]] = {}
+        #: Whether flow-controlled queue items may exist (then claims look for them too).
+        self.has_flow = False
         self.reindex()
 
     def reindex(self) -> None:
@@ -86,6 +89,12 @@ class Machine:
                 if "event" in trig:
                     index.setdefault(trig["event"], []).append((fn, trig.get("expression")))
         self.by_event = index
+        self.has_flow = self.has_flow or any(
+            flowctl.has_queue_flow(fn) for fn in self.functions.values()
+        )
+
+    def _flow(self, run: RunRecord) -> dict[str, Any] | None:
+        return flowctl.request_flow(self.functions.get(run.fn_id), run.events, first=False)
 
     def delay_ms(self, attempt: int) -> int:
         base = self.backoff[min(attempt, len(self.backoff) - 1)] if self.backoff else 0
@@ -105,18 +114,27 @@ class Machine:
             await tx.insert_event(rec)
             ids.append(internal)
             wire = event_wire(rec)
+            started: set[str] = set()  # one run per function, however many triggers match
             for fn, expr in self.by_event.get(event.name, []):
-                if not expressions.matches(expr, {"event": wire}):
+                if fn.fn_id in started or not expressions.matches(expr, {"event": wire}):
                     continue
+                started.add(fn.fn_id)
                 if event.id and not await tx.claim_key(
                     f"event:{fn.fn_id}", event.id, now + DEDUPE_MS
                 ):
                     continue
-                await self.start_run(tx, fn, [wire])
+                await flowctl.admit(self, tx, fn, wire)
             waits = sorted(await tx.candidate_waits(wire), key=lambda w: (w.run_id, w.step))
             for wait in waits:  # in one order everywhere, so two intakes cannot deadlock
                 variables = {"event": wait.trigger_event, "async": wire}
-                if expressions.matches(wait.expression, variables) and await tx.remove_wait(
+                if wait.step.startswith(flowctl.CANCEL_STEP):
+                    if not flowctl.cancels(wait, wire):
+                        continue
+                    if expressions.matches(wait.expression, variables) and await tx.remove_wait(
+                        wait.run_id, wait.step
+                    ):
+                        await self._cancel_by_event(tx, wait.run_id, wire)
+                elif expressions.matches(wait.expression, variables) and await tx.remove_wait(
                     wait.run_id, wait.step
                 ):
                     await self.resolve(tx, wait.run_id, wait.step, wire)
@@ -135,8 +153,16 @@ class Machine:
         if not await tx.advance_key("cron", f"{fn.fn_id}|{spec}", tick):
             return False
         event = {"name": cron.TIMER_EVENT, "data": {"cron": spec}, "id": new_id(), "ts": tick}
-        await self.start_run(tx, fn, [event])
+        await flowctl.admit(self, tx, fn, event)
         return True
+
+    async def _cancel_by_event(self, tx: Tx, run_id: str, event: dict[str, Any]) -> None:
+        run = await tx.lock_run(run_id)
+        if run is not None and not run.status.finished:
+            reason = f"cancelled by event {event['name']!r} (id {event.get('id')})".replace(
+                "'", '"'
+            )
+            await self.finish(tx, run, RunStatus.CANCELLED, reason=reason)
 
     async def start_run(
         self,
@@ -144,11 +170,13 @@ class Machine:
         fn: FunctionRecord,
         events: list[dict[str, Any]],
         parent: tuple[str, str] | None = None,
+        run_id: str | None = None,
     ) -> str:
         now = now_ms()
-        lease = self.take() if self.take is not None else None
+        flow = flowctl.request_flow(fn, events, first=True)
+        lease = self.take() if self.take is not None and flow is None else None
         run = RunRecord(
-            run_id=new_id(),
+            run_id=run_id or new_id(),
             fn_id=fn.fn_id,
             app_id=fn.app_id,
             status=RunStatus.RUNNING if lease else RunStatus.QUEUED,
@@ -159,12 +187,30 @@ class Machine:
             parent_step=parent[1] if parent else None,
         )
         await tx.insert_run(run)
+        await self._start(tx, fn, run, flow, lease)
+        return run.run_id
+
+    async def begin(self, tx: Tx, fn: FunctionRecord, run: RunRecord) -> None:
+        """Start a run held until now (debounced or batched) with its final events."""
+        await tx.update_run(run.run_id, events=run.events, reason=None)
+        await self._start(tx, fn, run, flowctl.request_flow(fn, run.events, first=True), None)
+
+    async def _start(
+        self,
+        tx: Tx,
+        fn: FunctionRecord,
+        run: RunRecord,
+        flow: dict[str, Any] | None,
+        lease: int | None,
+    ) -> None:
+        now = now_ms()
         item_id = await tx.enqueue(
-            run.run_id, ItemKind.DISCOVERY, available_at=now, lease_until=lease
+            run.run_id, ItemKind.DISCOVERY, available_at=now, lease_until=lease, flow=flow
         )
         if lease:
             tx.taken.append((QueueItem(item_id, run.run_id, ItemKind.DISCOVERY, None, 0, now), run))
-        return run.run_id
+        if fn.config.get("timeouts") or fn.config.get("cancel"):
+            await flowctl.arm(tx, fn, run)
 
     async def resolve(self, tx: Tx, run_id: str, step: str, memo: Any) -> bool:
         """Store a memo (first write wins); queue one discovery when nothing else is pending."""
@@ -174,7 +220,7 @@ class Machine:
         await tx.end_history(run_id, step, now_ms(), memo)
         if await tx.remove_pending(run_id, step) == 0:
             payload = {"disable_immediate_execution": True} if run.batch_parallel else None
-            await tx.enqueue(run_id, ItemKind.DISCOVERY, payload=payload)
+            await tx.enqueue(run_id, ItemKind.DISCOVERY, payload=payload, flow=self._flow(run))
             await tx.update_run(run_id, status=RunStatus.RUNNING, reason=None, batch_parallel=False)
         return True
 
@@ -271,6 +317,7 @@ class Machine:
             attempt=item.attempt + 1,
             available_at=when,
             payload=item.payload,
+            flow=self._flow(run),
         )
         await tx.update_run(
             run.run_id,
@@ -281,6 +328,7 @@ class Machine:
         self, tx: Tx, item: QueueItem, run: RunRecord, ops: list[dict[str, Any]], started: int
     ) -> None:
         now = now_ms()
+        flow = self._flow(run)
         waiting: list[str] = []
         reasons: list[str] = []
         # Ops answered at once (an invoke of an unknown function, a signal already waited
@@ -311,11 +359,12 @@ class Machine:
                     attempt=item.attempt + 1,
                     available_at=now + self.delay_ms(item.attempt),
                     payload=item.payload,
+                    flow=flow,
                 )
                 reasons.append(f"step {name!r} failed (attempt {item.attempt + 1}), retrying")
             elif kind == "StepPlanned":
                 waiting.append(step)
-                await tx.enqueue(run.run_id, ItemKind.STEP, step=step)
+                await tx.enqueue(run.run_id, ItemKind.STEP, step=step, flow=flow)
             elif kind == "Sleep":
                 wake = _parse_time(str(op.get("name") or ""))
                 if wake is None:
@@ -408,7 +457,7 @@ class Machine:
             for step, memo in immediate:
                 await self.resolve(tx, run.run_id, step, memo)
         elif item.kind is ItemKind.DISCOVERY and not any(o.get("op") == "StepError" for o in ops):
-            await tx.enqueue(run.run_id, ItemKind.DISCOVERY)
+            await tx.enqueue(run.run_id, ItemKind.DISCOVERY, flow=flow)
             await tx.update_run(run.run_id, status=RunStatus.RUNNING, reason=None)
         elif reasons:
             await tx.update_run(run.run_id, reason="; ".join(reasons))
@@ -449,6 +498,15 @@ class Machine:
     async def _timer(tx: Tx, run_id: str, step: str, at: int, payload: dict[str, Any]) -> None:
         """Resume `step` at `at` with `payload["memo"]` (unless `only_if` says it resolved)."""
         await tx.enqueue(run_id, ItemKind.RESUME, step=step, available_at=at, payload=payload)
+
+    async def fire(self, tx: Tx, item: QueueItem) -> None:
+        """A timer fired."""
+        if item.kind is ItemKind.FLUSH:
+            await flowctl.flush(self, tx, item)
+        elif item.kind is ItemKind.TIMEOUT:
+            await flowctl.timeout(self, tx, item)
+        else:
+            await self.resume(tx, item)
 
     async def resume(self, tx: Tx, item: QueueItem) -> None:
         """A timer fired: a sleep ended, or a wait, signal or invoke timed out."""

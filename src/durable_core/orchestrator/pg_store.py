@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from ..errors import ConfigError
 from . import expressions
 from .store import (
+    ENDED_SQL,
     RUN_JSON_COLUMNS,
     AppRecord,
     EventRecord,
@@ -42,8 +43,10 @@ from .store import (
     Tx,
     WaitRecord,
     dump,
+    item_from_row,
     load,
     now_ms,
+    rank,
     run_from_row,
     wait_from_row,
 )
@@ -88,6 +91,15 @@ MIGRATIONS: list[str] = [
         key_path TEXT, key_value TEXT, PRIMARY KEY (run_id, step));
     CREATE INDEX waits_by_key ON waits (event_name, key_path, key_value);
     CREATE TABLE signals (signal TEXT PRIMARY KEY, run_id TEXT NOT NULL, step TEXT NOT NULL);
+    """,
+    """
+    ALTER TABLE queue ADD COLUMN flow TEXT, ADD COLUMN parked TEXT, ADD COLUMN rank BIGINT;
+    CREATE INDEX queue_flow ON queue (rank, id) WHERE flow IS NOT NULL;
+    CREATE INDEX queue_parked ON queue (parked, rank, id) WHERE parked IS NOT NULL;
+    CREATE TABLE flow_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    DROP INDEX runs_unfinished;
+    CREATE INDEX runs_unfinished ON runs (status)
+        WHERE status NOT IN ('completed','failed','cancelled','skipped');
     """,
 ]
 
@@ -254,9 +266,7 @@ class PgTx(Tx):
         return [run_from_row(r) for r in await self._all(sql, tuple(args))]
 
     async def unfinished_runs(self) -> list[RunRecord]:
-        rows = await self._all(
-            "SELECT * FROM runs WHERE status NOT IN ('completed','failed','cancelled')"
-        )
+        rows = await self._all(f"SELECT * FROM runs WHERE status NOT IN {ENDED_SQL}")
         return [run_from_row(r) for r in rows]
 
     async def put_memo(self, run_id: str, step: str, memo: Any) -> bool:
@@ -330,18 +340,22 @@ class PgTx(Tx):
         available_at: int | None = None,
         payload: dict[str, Any] | None = None,
         lease_until: int | None = None,
+        flow: dict[str, Any] | None = None,
     ) -> int:
+        at = available_at or now_ms()
         rows = await self._all(
-            "INSERT INTO queue (run_id, kind, step, attempt, available_at, payload, lease_until)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s) RETURNING id",
+            "INSERT INTO queue (run_id, kind, step, attempt, available_at, payload, lease_until,"
+            " flow, rank) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
             (
                 run_id,
                 kind.value,
                 step,
                 attempt,
-                available_at or now_ms(),
+                at,
                 None if payload is None else dump(payload),
                 lease_until,
+                None if flow is None else dump(flow),
+                None if flow is None else rank(at, flow),
             ),
         )
         # Timers wake their own process; work this process took needs no other.
@@ -352,23 +366,16 @@ class PgTx(Tx):
     async def claim(self, now: int, limit: int, lease_ms: int) -> list[QueueItem]:
         rows = await self._all(
             "UPDATE queue SET lease_until=%s WHERE id IN (SELECT id FROM queue WHERE available_at<=%s"
-            " AND (lease_until IS NULL OR lease_until<%s) ORDER BY available_at, id LIMIT %s"
-            " FOR UPDATE SKIP LOCKED) RETURNING *",
+            " AND (lease_until IS NULL OR lease_until<%s) AND flow IS NULL ORDER BY available_at, id"
+            " LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING *",
             (now + lease_ms, now, now, limit),
         )
-        items = [
-            QueueItem(
-                r["id"],
-                r["run_id"],
-                ItemKind(r["kind"]),
-                r["step"],
-                r["attempt"],
-                r["available_at"],
-                load(r["payload"]),
-            )
-            for r in rows
-        ]
+        items = [item_from_row(r) for r in rows]
         items.sort(key=lambda i: (i.available_at, i.id))
+        await self._start_runs(items, now)
+        return items
+
+    async def _start_runs(self, items: list[QueueItem], now: int) -> None:
         starting = [i.run_id for i in items if i.kind is ItemKind.DISCOVERY]
         if starting:
             await self.conn.execute(
@@ -376,7 +383,75 @@ class PgTx(Tx):
                 " WHERE run_id = ANY(%s) AND status='queued'",
                 (now, starting),
             )
-        return items
+
+    async def lock_flow(self) -> None:
+        await self.conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':flow'))"
+        )
+
+    async def flow_leased(self, now: int) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT flow FROM queue WHERE flow IS NOT NULL AND lease_until>=%s", (now,)
+        )
+        return [json.loads(r["flow"]) for r in rows]
+
+    async def parked_keys(self) -> list[tuple[str, dict[str, Any]]]:
+        rows = await self._all(
+            "SELECT parked, min(flow) AS flow FROM queue WHERE parked IS NOT NULL GROUP BY parked"
+        )
+        return [(r["parked"], json.loads(r["flow"])) for r in rows]
+
+    async def unpark(self, key: str, count: int) -> None:
+        await self.conn.execute(
+            "UPDATE queue SET parked=NULL WHERE id IN (SELECT id FROM queue WHERE parked=%s"
+            " ORDER BY rank, id LIMIT %s)",
+            (key, count),
+        )
+
+    async def flow_items(self, now: int, limit: int) -> list[QueueItem]:
+        rows = await self._all(
+            "SELECT * FROM queue WHERE flow IS NOT NULL AND parked IS NULL AND available_at<=%s"
+            " AND (lease_until IS NULL OR lease_until<%s) ORDER BY rank, id LIMIT %s"
+            " FOR UPDATE SKIP LOCKED",
+            (now, now, limit),
+        )
+        return [item_from_row(r) for r in rows]
+
+    async def park(self, item: QueueItem, key: str) -> None:
+        await self.conn.execute(
+            "UPDATE queue SET parked=%s, flow=%s WHERE id=%s", (key, dump(item.flow), item.id)
+        )
+
+    async def delay_item(self, item: QueueItem, at: int) -> None:
+        await self.conn.execute(
+            "UPDATE queue SET available_at=%s, rank=%s, flow=%s WHERE id=%s",
+            (at, rank(at, item.flow), dump(item.flow), item.id),
+        )
+
+    async def lease_items(self, items: list[QueueItem], now: int, until: int) -> None:
+        await self.conn.execute(
+            "UPDATE queue SET lease_until=%s WHERE id = ANY(%s)", (until, [i.id for i in items])
+        )
+        await self._start_runs(items, now)
+
+    async def get_state(self, key: str) -> Any:
+        # An upsert that changes nothing: one round trip that creates or locks the row.
+        rows = await self._all(
+            "INSERT INTO flow_state VALUES (%s, 'null') ON CONFLICT (key) DO UPDATE"
+            " SET value=flow_state.value RETURNING value",
+            (key,),
+        )
+        return json.loads(rows[0]["value"])
+
+    async def set_state(self, key: str, value: Any) -> None:
+        if value is None:
+            await self.conn.execute("DELETE FROM flow_state WHERE key=%s", (key,))
+        else:
+            await self.conn.execute(
+                "INSERT INTO flow_state VALUES (%s,%s) ON CONFLICT (key) DO UPDATE"
+                " SET value=EXCLUDED.value",
+                (key, dump(value)),
+            )
 
     async def extend_lease(self, item_id: int, until: int) -> None:
         await self.conn.execute("UPDATE queue SET lease_until=%s WHERE id=%s", (until, item_id))
@@ -387,6 +462,7 @@ class PgTx(Tx):
     async def next_available_at(self) -> int | None:
         rows = await self._all(
             "SELECT min(greatest(available_at, coalesce(lease_until, 0))) AS t FROM queue"
+            " WHERE parked IS NULL"
         )
         return None if rows[0]["t"] is None else int(rows[0]["t"])
 
@@ -545,7 +621,7 @@ class PostgresStore(Store):
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "WITH ok AS (SELECT 1 FROM runs WHERE run_id=%(r)s"
-                "   AND status NOT IN ('completed','failed','cancelled')),"
+                f"   AND status NOT IN {ENDED_SQL}),"
                 " m AS (INSERT INTO memos SELECT %(r)s, %(s)s, %(memo)s FROM ok ON CONFLICT DO NOTHING RETURNING 1),"
                 " h AS (INSERT INTO history (run_id, step, name, op, attempt, started_at, ended_at, output)"
                 "   SELECT %(r)s, %(s)s, %(name)s, %(op)s, %(attempt)s, %(start)s, %(end)s, %(out)s FROM m)"

@@ -21,7 +21,7 @@ import pydantic
 from .._steps import Checkpoints
 from ..errors import ConfigError
 from ..events import Event
-from . import cron
+from . import cron, flow
 from .core import DEFAULT_BACKOFF, Machine
 from .store import (
     AppRecord,
@@ -94,10 +94,13 @@ class Orchestrator:
             async with self.store.transaction() as tx:
                 functions = await tx.list_functions()
                 released = await tx.release_leases()
+                # Flow-controlled items left from before (their function may have changed since).
+                leftover = bool(await tx.flow_items(2**62, 1) or await tx.parked_keys())
         except BaseException:
             await self.store.close()
             raise
         self.machine.functions = {f.fn_id: f for f in functions}
+        self.machine.has_flow = leftover
         self.machine.reindex()
         if released:
             _log.info("resuming %d queue item(s) left in flight", released)
@@ -301,6 +304,8 @@ class Orchestrator:
                 try:
                     async with self.store.transaction() as tx:
                         items = await tx.claim(now_ms(), free, self.lease_ms)
+                        if self.machine.has_flow and len(items) < free:
+                            items += await flow.claim(tx, free - len(items), self.lease_ms)
                         nxt = await tx.next_available_at()
                 except Exception:
                     # The leases may not have been stored: leave the items to expire and be claimed.
@@ -359,8 +364,8 @@ class Orchestrator:
     async def _process(self, item: QueueItem, new_run: RunRecord | None = None) -> None:
         """Call the app for `item` and apply its answer (`new_run`: a run just taken, so
         nothing needs reading)."""
-        if item.kind is ItemKind.RESUME:
-            await self.atomic(lambda tx: self.machine.resume(tx, item))
+        if item.kind in (ItemKind.RESUME, ItemKind.FLUSH, ItemKind.TIMEOUT):
+            await self.atomic(lambda tx: self.machine.fire(tx, item))
             self._wake.set()
             return
         run: RunRecord | None = new_run

@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import ConfigError
 from . import expressions
 from .store import (
+    ENDED_SQL,
     RUN_JSON_COLUMNS,
     AppRecord,
     EventRecord,
@@ -32,8 +33,10 @@ from .store import (
     Tx,
     WaitRecord,
     dump,
+    item_from_row,
     load,
     now_ms,
+    rank,
     run_from_row,
     wait_from_row,
 )
@@ -75,6 +78,17 @@ MIGRATIONS: list[str] = [
         key_path TEXT, key_value TEXT, PRIMARY KEY (run_id, step));
     CREATE INDEX waits_by_key ON waits (event_name, key_path, key_value);
     CREATE TABLE signals (signal TEXT PRIMARY KEY, run_id TEXT NOT NULL, step TEXT NOT NULL);
+    """,
+    """
+    ALTER TABLE queue ADD COLUMN flow TEXT;
+    ALTER TABLE queue ADD COLUMN parked TEXT;
+    ALTER TABLE queue ADD COLUMN rank INTEGER;
+    CREATE INDEX queue_flow ON queue (rank, id) WHERE flow IS NOT NULL;
+    CREATE INDEX queue_parked ON queue (parked, rank, id) WHERE parked IS NOT NULL;
+    CREATE TABLE flow_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    DROP INDEX runs_unfinished;
+    CREATE INDEX runs_unfinished ON runs (status)
+        WHERE status NOT IN ('completed','failed','cancelled','skipped');
     """,
 ]
 
@@ -234,9 +248,7 @@ class SqliteTx(Tx):
         return [run_from_row(r) for r in self._all(sql, tuple(args))]
 
     async def unfinished_runs(self) -> list[RunRecord]:
-        rows = self._all(
-            "SELECT * FROM runs WHERE status NOT IN ('completed','failed','cancelled')"
-        )
+        rows = self._all(f"SELECT * FROM runs WHERE status NOT IN {ENDED_SQL}")
         return [run_from_row(r) for r in rows]
 
     async def put_memo(self, run_id: str, step: str, memo: Any) -> bool:
@@ -305,18 +317,22 @@ class SqliteTx(Tx):
         available_at: int | None = None,
         payload: dict[str, Any] | None = None,
         lease_until: int | None = None,
+        flow: dict[str, Any] | None = None,
     ) -> int:
+        at = available_at or now_ms()
         cur = self.db.execute(
-            "INSERT INTO queue (run_id, kind, step, attempt, available_at, payload, lease_until)"
-            " VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO queue (run_id, kind, step, attempt, available_at, payload, lease_until,"
+            " flow, rank) VALUES (?,?,?,?,?,?,?,?,?)",
             (
                 run_id,
                 kind.value,
                 step,
                 attempt,
-                available_at or now_ms(),
+                at,
                 None if payload is None else dump(payload),
                 lease_until,
+                None if flow is None else dump(flow),
+                None if flow is None else rank(at, flow),
             ),
         )
         return int(cur.lastrowid or 0)
@@ -324,22 +340,16 @@ class SqliteTx(Tx):
     async def claim(self, now: int, limit: int, lease_ms: int) -> list[QueueItem]:
         rows = self._all(
             "UPDATE queue SET lease_until=? WHERE id IN (SELECT id FROM queue WHERE available_at<=?"
-            " AND (lease_until IS NULL OR lease_until<?) ORDER BY available_at, id LIMIT ?) RETURNING *",
+            " AND (lease_until IS NULL OR lease_until<?) AND flow IS NULL ORDER BY available_at, id"
+            " LIMIT ?) RETURNING *",
             (now + lease_ms, now, now, limit),
         )
-        items = [
-            QueueItem(
-                r["id"],
-                r["run_id"],
-                ItemKind(r["kind"]),
-                r["step"],
-                r["attempt"],
-                r["available_at"],
-                load(r["payload"]),
-            )
-            for r in rows
-        ]
+        items = [item_from_row(r) for r in rows]
         items.sort(key=lambda i: (i.available_at, i.id))
+        self._start_runs(items, now)
+        return items
+
+    def _start_runs(self, items: list[QueueItem], now: int) -> None:
         starting = [i.run_id for i in items if i.kind is ItemKind.DISCOVERY]
         if starting:
             marks = ",".join("?" * len(starting))
@@ -348,7 +358,64 @@ class SqliteTx(Tx):
                 f" WHERE run_id IN ({marks}) AND status='queued'",
                 (now, *starting),
             )
-        return items
+
+    async def lock_flow(self) -> None:
+        pass  # a SQLite transaction already excludes all others
+
+    async def flow_leased(self, now: int) -> list[dict[str, Any]]:
+        rows = self._all("SELECT flow FROM queue WHERE flow IS NOT NULL AND lease_until>=?", (now,))
+        return [json.loads(r[0]) for r in rows]
+
+    async def parked_keys(self) -> list[tuple[str, dict[str, Any]]]:
+        rows = self._all(
+            "SELECT parked, min(flow) FROM queue WHERE parked IS NOT NULL GROUP BY parked"
+        )
+        return [(r[0], json.loads(r[1])) for r in rows]
+
+    async def unpark(self, key: str, count: int) -> None:
+        self.db.execute(
+            "UPDATE queue SET parked=NULL WHERE id IN (SELECT id FROM queue WHERE parked=?"
+            " ORDER BY rank, id LIMIT ?)",
+            (key, count),
+        )
+
+    async def flow_items(self, now: int, limit: int) -> list[QueueItem]:
+        rows = self._all(
+            "SELECT * FROM queue WHERE flow IS NOT NULL AND parked IS NULL AND available_at<=?"
+            " AND (lease_until IS NULL OR lease_until<?) ORDER BY rank, id LIMIT ?",
+            (now, now, limit),
+        )
+        return [item_from_row(r) for r in rows]
+
+    async def park(self, item: QueueItem, key: str) -> None:
+        self.db.execute(
+            "UPDATE queue SET parked=?, flow=? WHERE id=?", (key, dump(item.flow), item.id)
+        )
+
+    async def delay_item(self, item: QueueItem, at: int) -> None:
+        self.db.execute(
+            "UPDATE queue SET available_at=?, rank=?, flow=? WHERE id=?",
+            (at, rank(at, item.flow), dump(item.flow), item.id),
+        )
+
+    async def lease_items(self, items: list[QueueItem], now: int, until: int) -> None:
+        self.db.executemany(
+            "UPDATE queue SET lease_until=? WHERE id=?", [(until, i.id) for i in items]
+        )
+        self._start_runs(items, now)
+
+    async def get_state(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM flow_state WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    async def set_state(self, key: str, value: Any) -> None:
+        if value is None:
+            self.db.execute("DELETE FROM flow_state WHERE key=?", (key,))
+        else:
+            self.db.execute(
+                "INSERT INTO flow_state VALUES (?,?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                (key, dump(value)),
+            )
 
     async def extend_lease(self, item_id: int, until: int) -> None:
         self.db.execute("UPDATE queue SET lease_until=? WHERE id=?", (until, item_id))
@@ -358,7 +425,7 @@ class SqliteTx(Tx):
 
     async def next_available_at(self) -> int | None:
         row = self.db.execute(
-            "SELECT min(max(available_at, coalesce(lease_until, 0))) FROM queue"
+            "SELECT min(max(available_at, coalesce(lease_until, 0))) FROM queue WHERE parked IS NULL"
         ).fetchone()
         return None if row[0] is None else int(row[0])
 

@@ -56,6 +56,28 @@ def run_from_row(r: Row) -> RunRecord:
     )
 
 
+def item_from_row(r: Row) -> QueueItem:
+    return QueueItem(
+        r["id"],
+        r["run_id"],
+        ItemKind(r["kind"]),
+        r["step"],
+        r["attempt"],
+        r["available_at"],
+        load(r["payload"]),
+        load(r["flow"]),
+    )
+
+
+def rank(available_at: int, flow: dict[str, Any] | None) -> int:
+    """Where a flow-controlled item waits in line: its due time, moved by its priority."""
+    return available_at - int((flow or {}).get("p", 0))
+
+
+#: SQL for the statuses a run ends in.
+ENDED_SQL = "('completed','failed','cancelled','skipped')"
+
+
 def wait_from_row(r: Row) -> WaitRecord:
     return WaitRecord(
         r["run_id"],
@@ -75,16 +97,24 @@ class RunStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # flow control decided the event starts no run (the reason says why)
 
     @property
     def finished(self) -> bool:
-        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+        return self in (
+            RunStatus.COMPLETED,
+            RunStatus.FAILED,
+            RunStatus.CANCELLED,
+            RunStatus.SKIPPED,
+        )
 
 
 class ItemKind(enum.StrEnum):
     DISCOVERY = "discovery"  # call the function (stepId=step)
     STEP = "step"  # run one planned step (stepId=<hashed id>)
     RESUME = "resume"  # a timer: store `payload.memo` for `step` unless already resolved
+    FLUSH = "flush"  # a timer: start a debounced or batched run if its time has come
+    TIMEOUT = "timeout"  # a timer: cancel a run past its `timeouts.start` or `timeouts.finish`
 
 
 @dataclasses.dataclass(slots=True)
@@ -151,6 +181,10 @@ class QueueItem:
     attempt: int
     available_at: int
     payload: dict[str, Any] | None = None
+    #: Flow control of a discovery or step request: `c` concurrency keys [key, limit, label],
+    #: `t` throttle [key, limit, period ms, burst, label], `p` priority in ms, `w` set once the
+    #: item has waited (its run's reason then says why).
+    flow: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -271,12 +305,53 @@ class Tx(abc.ABC):
         available_at: int | None = None,
         payload: dict[str, Any] | None = None,
         lease_until: int | None = None,
+        flow: dict[str, Any] | None = None,
     ) -> int:
         """Queue an item; with `lease_until`, this process has already claimed it."""
 
     @abc.abstractmethod
     async def claim(self, now: int, limit: int, lease_ms: int) -> list[QueueItem]:
-        """Lease up to `limit` due items, earliest first; their queued runs become running."""
+        """Lease up to `limit` due items without flow control, earliest first; their queued
+        runs become running."""
+
+    # flow control: items with `flow` are claimed one transaction at a time (`lock_flow`)
+    @abc.abstractmethod
+    async def lock_flow(self) -> None:
+        """Serialize flow-controlled claims across processes until the transaction ends."""
+
+    @abc.abstractmethod
+    async def flow_leased(self, now: int) -> list[dict[str, Any]]:
+        """The `flow` of every flow-controlled item leased now (requests executing)."""
+
+    @abc.abstractmethod
+    async def parked_keys(self) -> list[tuple[str, dict[str, Any]]]:
+        """Each concurrency key items are parked on, with the `flow` of one of them."""
+
+    @abc.abstractmethod
+    async def unpark(self, key: str, count: int) -> None:
+        """Put the first `count` items parked on `key` (by rank) back in line."""
+
+    @abc.abstractmethod
+    async def flow_items(self, now: int, limit: int) -> list[QueueItem]:
+        """Due, unleased, unparked flow-controlled items, by rank."""
+
+    @abc.abstractmethod
+    async def park(self, item: QueueItem, key: str) -> None:
+        """Hold `item` until a slot of `key` frees (it keeps its place in line)."""
+
+    @abc.abstractmethod
+    async def delay_item(self, item: QueueItem, at: int) -> None: ...
+    @abc.abstractmethod
+    async def lease_items(self, items: list[QueueItem], now: int, until: int) -> None:
+        """Lease flow-controlled items; their queued runs become running."""
+
+    @abc.abstractmethod
+    async def get_state(self, key: str) -> Any:
+        """A flow-control state (None if unset), locked for the rest of the transaction."""
+
+    @abc.abstractmethod
+    async def set_state(self, key: str, value: Any) -> None:
+        """Store a flow-control state; None deletes it."""
 
     @abc.abstractmethod
     async def extend_lease(self, item_id: int, until: int) -> None: ...
@@ -355,5 +430,7 @@ __all__ = [
     "Store",
     "Tx",
     "WaitRecord",
+    "item_from_row",
     "now_ms",
+    "rank",
 ]
