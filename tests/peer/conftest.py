@@ -32,6 +32,9 @@ FUNCTION_IDS = {
     "peer-retry",
     "peer-doomed",
     "peer-doomed-failure",
+    "peer-batched",
+    "peer-serial",
+    "peer-cancellable",
 }
 FINISHED = {"completed", "failed", "cancelled"}
 

@@ -9,8 +9,10 @@ Every function has its own trigger event `peer/<fn id>` (the send_event target: 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
+import time
 import warnings
 
 import uvicorn
@@ -141,7 +143,54 @@ async def doomed(ctx: inngest.Context) -> str:
     return f"retried on attempt {ctx.attempt}"
 
 
-FUNCTIONS = [loop, sleep, wait, sent, sender, child, invoker, parallel, retry, doomed]
+@client.create_function(
+    fn_id="batched",
+    trigger=_trigger("batched"),
+    batch_events=inngest.Batch(max_size=3, timeout=datetime.timedelta(seconds=60)),
+)
+async def batched(ctx: inngest.Context) -> list[object]:
+    return [e.data["n"] for e in ctx.events]
+
+
+@client.create_function(
+    fn_id="serial",
+    trigger=_trigger("serial"),
+    concurrency=[inngest.Concurrency(limit=1, key="event.data.tag")],
+)
+async def serial(ctx: inngest.Context) -> list[float]:
+    async def work() -> list[float]:
+        started = time.time()
+        await asyncio.sleep(0.1)
+        return [started, time.time()]
+
+    return await ctx.step.run("work", work)
+
+
+@client.create_function(
+    fn_id="cancellable",
+    trigger=_trigger("cancellable"),
+    cancel=[inngest.Cancel(event="peer/stop", if_exp="async.data.tag == event.data.tag")],
+)
+async def cancellable(ctx: inngest.Context) -> str:
+    await ctx.step.sleep("long-nap", datetime.timedelta(minutes=10))
+    return "woke up"
+
+
+FUNCTIONS = [
+    loop,
+    sleep,
+    wait,
+    sent,
+    sender,
+    child,
+    invoker,
+    parallel,
+    retry,
+    doomed,
+    batched,
+    serial,
+    cancellable,
+]
 
 app = FastAPI()
 inngest.fast_api.serve(app, client, FUNCTIONS)

@@ -11,7 +11,7 @@ import hashlib
 import uuid
 from typing import Any
 
-from .conftest import Peer
+from .conftest import FINISHED, Peer
 
 
 def _tag() -> str:
@@ -161,3 +161,41 @@ def test_non_retriable_error_fails_the_run_and_runs_on_failure(peer: Peer) -> No
         "error": run["error"],
         "original_event": "peer/doomed",
     }
+
+
+def test_batched_events_reach_one_run_as_ctx_events(peer: Peer) -> None:
+    tag = _tag()
+    peer.send(*({"name": "peer/batched", "data": {"tag": tag, "n": n}} for n in (1, 2, 3)))
+    run = peer.one_run("peer-batched", tag=tag)
+    assert run["status"] == "completed", run
+    assert run["output"] == [1, 2, 3]
+
+
+def test_a_concurrency_key_runs_one_request_at_a_time(peer: Peer) -> None:
+    tag = _tag()
+    peer.send(*({"name": "peer/serial", "data": {"tag": tag, "n": n}} for n in range(4)))
+    runs = peer.until(
+        "four finished serial runs",
+        lambda: (
+            rows
+            if len(rows := [r for r in peer.runs("peer-serial", tag=tag) if r["status"] in FINISHED])
+            == 4
+            else None
+        ),
+    )
+    spans = sorted(tuple(peer.run(r["run_id"])["output"]) for r in runs)
+    assert all(r["status"] == "completed" for r in runs), runs
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end, f"two runs with one key overlapped: {spans}"
+
+
+def test_cancel_on_an_event_cancels_the_sleeping_run(peer: Peer) -> None:
+    tag = _tag()
+    peer.send({"name": "peer/cancellable", "data": {"tag": tag}})
+    sleeping = peer.one_run("peer-cancellable", status={"sleeping"}, tag=tag)
+    peer.send({"name": "peer/stop", "data": {"tag": _tag()}})  # another tag: no effect
+    [stop_id] = peer.send({"name": "peer/stop", "data": {"tag": tag}})
+    run = peer.one_run("peer-cancellable", tag=tag)
+    assert run["run_id"] == sleeping["run_id"]
+    assert run["status"] == "cancelled", run
+    assert run["reason"] == f'cancelled by event "peer/stop" (id {stop_id})', run

@@ -148,6 +148,7 @@ def _check(config: dict[str, Any]) -> None:
         _int(batch, "batchEvents", "maxSize", 1)
         _dur(batch, "batchEvents", "timeout")
         _cel(batch, "batchEvents", "key")
+        _cel(batch, "batchEvents", "if")  # events it does not hold start runs of their own
     if config.get("idempotency") is not None:
         _cel(config["idempotency"], "idempotency")
     priority = _obj(config, "priority")
@@ -325,13 +326,15 @@ async def admit(machine: Machine, tx: Tx, fn: FunctionRecord, event: dict[str, A
                 reason = f"singleton: replaced by run {run_id}"
                 await machine.finish(tx, current, RunStatus.CANCELLED, reason=reason)
             else:
-                reason = f"singleton: run {current.run_id} is still running{_on_key(value)}"
+                held_for = "" if value is None else f' for key "{value}"'
+                reason = f"singleton: run {current.run_id} is still running{held_for}"
                 return await skip(tx, fn, event, reason)
         await tx.set_state(state, run_id)
     if cfg.get("debounce"):
         return await _debounce(tx, fn, event, cfg["debounce"], run_id)
-    if cfg.get("batchEvents"):
-        return await _batch(machine, tx, fn, event, cfg["batchEvents"], run_id)
+    batch = cfg.get("batchEvents")
+    if batch and expressions.matches(batch.get("if"), {"event": event}):
+        return await _batch(machine, tx, fn, event, batch, run_id)
     return await machine.start_run(tx, fn, [event], run_id=run_id)
 
 
