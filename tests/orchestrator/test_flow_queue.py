@@ -520,12 +520,11 @@ def shared_app(ledger: Ledger, host: str) -> Durable:
     return durable
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # SQLite has one host
 async def test_concurrency_holds_across_orchestrators_sharing_a_store(
     database_url: str, tmp_path: Path
 ) -> None:
     """Two orchestrators on one PostgreSQL schema: 60 runs, never more than 2 steps at once."""
-    if database_url.startswith("sqlite"):
-        pytest.skip("one process hosts the orchestrator on SQLite")
     ledger = Ledger()
     hosts = [
         Embedded(shared_app(ledger, name), database=database_url, directory=str(tmp_path / name))
