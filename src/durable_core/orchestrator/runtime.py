@@ -307,8 +307,12 @@ class Orchestrator:
                         if self.machine.has_flow and len(items) < free:
                             items += await flow.claim(tx, free - len(items), self.lease_ms)
                         nxt = await tx.next_available_at()
-                except Exception:
-                    # The leases may not have been stored: leave the items to expire and be claimed.
+                except Exception as err:
+                    # Nothing was leased (the transaction rolled back): claim again. A deadlock
+                    # with a run's own transaction is expected now and then on a shared store.
+                    if self.store.transient(err):
+                        _log.debug("claiming work met %s; retrying", err)
+                        continue
                     _log.exception("claiming work failed; retrying")
                     items, nxt = [], None
                 for item in items:
