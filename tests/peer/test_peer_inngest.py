@@ -8,6 +8,7 @@ the orchestrator's API (GET /v1/runs, /v1/runs/{id}).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import uuid
 from typing import Any
 
@@ -178,14 +179,16 @@ def test_a_concurrency_key_runs_one_request_at_a_time(peer: Peer) -> None:
         "four finished serial runs",
         lambda: (
             rows
-            if len(rows := [r for r in peer.runs("peer-serial", tag=tag) if r["status"] in FINISHED])
+            if len(
+                rows := [r for r in peer.runs("peer-serial", tag=tag) if r["status"] in FINISHED]
+            )
             == 4
             else None
         ),
     )
     spans = sorted(tuple(peer.run(r["run_id"])["output"]) for r in runs)
     assert all(r["status"] == "completed" for r in runs), runs
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"two runs with one key overlapped: {spans}"
 
 
