@@ -462,7 +462,7 @@ def test_finish_timeout_cancels_a_sleeping_run(embedded: StartFactory) -> None:
 
 
 def test_finish_timeout_does_not_retry_the_request_in_flight(embedded: StartFactory) -> None:
-    """A run cancelled by timeouts.finish while its step runs is not retried: the step ran once."""
+    """A run cancelled by timeouts.finish mid-step is not retried, and its late answer leaves other runs be."""
     d, ledger, release = app(), [], threading.Event()
     blocking(d, ledger, release, timeouts=Timeouts(finish="300ms"))
     h = embedded(d)
@@ -471,10 +471,13 @@ def test_finish_timeout_does_not_retry_the_request_in_flight(embedded: StartFact
         run_id = h.wait_runs("f")[0]["run_id"]
         wait_until("the step to be in flight", lambda: ledger == [1])
         run = h.wait_status(run_id, "cancelled", "completed", "failed")
+        h.send("t/probe")  # another run goes to sleep while the cancelled run's step still runs
+        napping = h.wait_status(h.wait_runs("probe")[0]["run_id"], "sleeping")
     finally:
         release.set()
     assert run["status"] == "cancelled", run
     assert run["reason"] == "timed out: not finished within 300ms of starting (timeouts.finish)"
+    assert h.finish(napping["run_id"])["status"] == "completed"
     settle(h)
     assert ledger == [1]
     run = h.run(run_id)

@@ -239,3 +239,15 @@ async def test_runs_are_listed_and_updated(store: SqliteStore) -> None:
         assert [(r.run_id, r.output, r.ended_at) for r in done] == [("r0", {"ok": [1]}, 5)]
         assert [r.run_id for r in await tx.list_runs(RunFilter(limit=1, before=1002))] == ["r1"]
         assert {r.run_id for r in await tx.unfinished_runs()} == {"r1", "r2"}
+
+
+async def test_a_deleted_queue_id_is_never_handed_out_again(store: SqliteStore) -> None:
+    """A late answer deleting its (already cleared) item by id cannot hit another run's item."""
+    async with store.transaction() as tx:
+        first = await tx.enqueue("cancelled", ItemKind.STEP, step="s")
+        await tx.clear_run("cancelled")
+        other = await tx.enqueue("other", ItemKind.RESUME, step="nap", payload={"memo": None})
+    assert other != first
+    async with store.transaction() as tx:
+        assert not await tx.delete_item(first)  # the cancelled run's late answer
+        assert await tx.next_available_at() is not None  # the other run's timer is still there

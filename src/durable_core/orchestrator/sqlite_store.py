@@ -90,6 +90,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_unfinished ON runs (status)
         WHERE status NOT IN ('completed','failed','cancelled','skipped');
     """,
+    # Queue ids are never reused: a late answer to a cancelled run's request deletes its item
+    # by id, which must not be another run's new item.
+    """
+    CREATE TABLE queue_new (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL,
+        kind TEXT NOT NULL, step TEXT, attempt INTEGER NOT NULL, available_at INTEGER NOT NULL,
+        payload TEXT, lease_until INTEGER, flow TEXT, parked TEXT, rank INTEGER);
+    INSERT INTO queue_new SELECT id, run_id, kind, step, attempt, available_at, payload,
+        lease_until, flow, parked, rank FROM queue;
+    DROP TABLE queue;
+    ALTER TABLE queue_new RENAME TO queue;
+    CREATE INDEX queue_ready ON queue (available_at, id);
+    CREATE INDEX queue_by_run ON queue (run_id);
+    CREATE INDEX queue_flow ON queue (rank, id) WHERE flow IS NOT NULL;
+    CREATE INDEX queue_parked ON queue (parked, rank, id) WHERE parked IS NOT NULL;
+    """,
 ]
 
 
