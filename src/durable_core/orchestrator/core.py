@@ -523,6 +523,15 @@ class Machine:
 
     # -- endings ----------------------------------------------------------------------------
 
+    async def fail_unregistered(self, tx: Tx, run: RunRecord) -> None:
+        """Fail a run whose function is no longer registered."""
+        error = {
+            "name": "FunctionNotFound",
+            "message": f"function {run.fn_id} is no longer registered; sync its app and rerun",
+            "stack": None,
+        }
+        await self.finish(tx, run, RunStatus.FAILED, error=error)
+
     async def finish(
         self,
         tx: Tx,

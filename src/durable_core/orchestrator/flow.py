@@ -53,6 +53,11 @@ def key_value(source: str | None, event: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
+def _keyed(base: str, value: str | None) -> str:
+    """A state or limit key: `base`, made per key value when the option has a key."""
+    return base if value is None else f"{base}|{value}"
+
+
 def _on_key(value: str | None) -> str:
     return "" if value is None else f' on key "{value}"'
 
@@ -215,7 +220,7 @@ def request_flow(
             label = f'concurrency limit {limit} on app "{fn.app_id}"'
         else:
             label = f"concurrency limit {limit} across all functions"
-        limits.append([base if value is None else f"{base}|{value}", limit, label])
+        limits.append([_keyed(base, value), limit, label])
     if limits:
         flow["c"] = limits
     priority = (cfg.get("priority") or {}).get("run")
@@ -229,7 +234,7 @@ def request_flow(
     if throttle and first:
         limit, period = int(throttle["limit"]), duration_ms(throttle["period"])
         value = key_value(throttle.get("key"), event)
-        key = fn.fn_id if value is None else f"{fn.fn_id}|{value}"
+        key = _keyed(fn.fn_id, value)
         label = f"{limit} per {compact(period)}{_on_key(value)}"
         flow["t"] = [key, limit, period, int(throttle.get("burst") or 0), label]
     return flow or None
@@ -306,7 +311,7 @@ async def admit(machine: Machine, tx: Tx, fn: FunctionRecord, event: dict[str, A
     if limit_opts:
         limit, period = int(limit_opts["limit"]), duration_ms(limit_opts["period"])
         value = key_value(limit_opts.get("key"), event)
-        state = f"rate:{fn.fn_id}" + ("" if value is None else f"|{value}")
+        state = _keyed(f"rate:{fn.fn_id}", value)
         stored = await tx.get_state(state)
         tat = float(stored) if stored is not None else now
         interval = period / limit
@@ -318,7 +323,7 @@ async def admit(machine: Machine, tx: Tx, fn: FunctionRecord, event: dict[str, A
     singleton = cfg.get("singleton")
     if singleton:
         value = key_value(singleton.get("key"), event)
-        state = f"singleton:{fn.fn_id}" + ("" if value is None else f"|{value}")
+        state = _keyed(f"singleton:{fn.fn_id}", value)
         holder = await tx.get_state(state)
         current = await tx.lock_run(str(holder)) if holder else None
         if current is not None and not current.status.finished:
@@ -365,7 +370,7 @@ async def _debounce(
     now, period = now_ms(), duration_ms(opts["period"])
     timeout = duration_ms(opts["timeout"]) if opts.get("timeout") else None
     value = key_value(opts.get("key"), event)
-    state = f"debounce:{fn.fn_id}" + ("" if value is None else f"|{value}")
+    state = _keyed(f"debounce:{fn.fn_id}", value)
     held = await tx.get_state(state)
     current = await tx.lock_run(str(held["run"])) if held is not None else None
     if held is not None and (current is None or current.status.finished):
@@ -400,7 +405,7 @@ async def _batch(
 ) -> str:
     size, timeout = int(opts["maxSize"]), duration_ms(opts["timeout"])
     value = key_value(opts.get("key"), event)
-    state = f"batch:{fn.fn_id}" + ("" if value is None else f"|{value}")
+    state = _keyed(f"batch:{fn.fn_id}", value)
     held = await tx.get_state(state)
     if held is None:
         due = now_ms() + timeout
@@ -443,12 +448,7 @@ async def flush(machine: Machine, tx: Tx, item: QueueItem) -> None:
     if run is None or run.status.finished:
         return
     if fn is None:
-        error = {
-            "name": "FunctionNotFound",
-            "message": f"function {run.fn_id} is no longer registered; sync its app and rerun",
-            "stack": None,
-        }
-        await machine.finish(tx, run, RunStatus.FAILED, error=error)
+        await machine.fail_unregistered(tx, run)
         return
     await machine.begin(tx, fn, run)
 

@@ -384,14 +384,7 @@ class Orchestrator:
         fn = self.machine.functions.get(run.fn_id)
         if fn is None:
             gone = run
-            error = {
-                "name": "FunctionNotFound",
-                "message": f"function {gone.fn_id} is no longer registered; sync its app and rerun",
-                "stack": None,
-            }
-            await self.atomic(
-                lambda tx: self.machine.finish(tx, gone, RunStatus.FAILED, error=error)
-            )
+            await self.atomic(lambda tx: self.machine.fail_unregistered(tx, gone))
             self._settled(run.run_id)
             return
         started = now_ms()
