@@ -11,6 +11,10 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
+	@# The distribution was called "durable" before it became "durable-core": drop a .venv's
+	@# editable install of the old name, or both would stay installed over the same files.
+	if ls $(VENV)/lib/python*/site-packages/__editable__.durable-[0-9]*.pth >/dev/null 2>&1; then \
+		$(BIN)/python -m pip uninstall --quiet --yes durable && rm -rf src/durable.egg-info; fi
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
