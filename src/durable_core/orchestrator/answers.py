@@ -133,13 +133,14 @@ class _Answer:
         await lifecycle.schedule(self.unit, self.run.run_id, step, at, payload)
 
 
-@dataclasses.dataclass(frozen=True)
 class _Op:
-    kind: str
-    step: str
-    name: str
-    opts: dict[str, Any]
-    raw: dict[str, Any]
+    """One opcode of the answer, with the fields every handler reads."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self.kind, self.step = str(raw.get("op")), str(raw.get("id"))
+        self.name = str(raw.get("displayName") or raw.get("name") or self.step)
+        self.opts: dict[str, Any] = raw.get("opts") or {}
 
 
 async def _step_ran(a: _Answer, op: _Op) -> None:
@@ -253,10 +254,8 @@ HANDLERS: dict[str, Handler] = {
 
 async def _apply_ops(a: _Answer, ops: list[dict[str, Any]]) -> None:
     for raw in ops:
-        kind, step = str(raw.get("op")), str(raw.get("id"))
-        name = str(raw.get("displayName") or raw.get("name") or step)
-        op = _Op(kind, step, name, raw.get("opts") or {}, raw)
-        await HANDLERS.get(kind, _unsupported)(a, op)
+        op = _Op(raw)
+        await HANDLERS.get(op.kind, _unsupported)(a, op)
         if a.failed:
             return
     kinds = {str(raw.get("op")) for raw in ops}

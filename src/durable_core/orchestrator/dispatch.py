@@ -22,7 +22,7 @@ from . import answers, claiming, intake, lifecycle, timers
 from .checkpoints import StepBuffer
 from .registry import Registry
 from .store import FunctionRecord, ItemKind, QueueItem, RunRecord, Store, Tx, now_ms
-from .transport import CallResult, HttpTransport, InProcessTransport
+from .transport import Call, CallResult, HttpTransport, InProcessTransport
 from .unit import Unit
 from .watch import Watchers
 
@@ -229,8 +229,8 @@ class Dispatcher:
         try:
             if self.inproc.serves(fn.url):
                 hooks = Checkpoints(record=steps.record, flush=steps.flush)
-                return await self.inproc.call(fn, target, request, hooks)
-            return await self.http.call(fn, target, request, None)
+                return await self.inproc.call(Call(fn, target, request, hooks))
+            return await self.http.call(Call(fn, target, request))
         except Exception as err:
             _log.exception("calling %s failed", fn.fn_id)
             return CallResult(500, {}, {"name": type(err).__name__, "message": str(err)})
