@@ -22,7 +22,7 @@ from typing import Any
 import click
 import httpx
 
-from .orchestrator.core import DEFAULT_BACKOFF, FAST_BACKOFF
+from .orchestrator.service import DEFAULT_BACKOFF, FAST_BACKOFF
 
 DEFAULT_URL = "http://127.0.0.1:8288"
 
@@ -81,7 +81,7 @@ def dev(
     from starlette.applications import Starlette
 
     from .orchestrator.api import Api
-    from .orchestrator.runtime import Orchestrator
+    from .orchestrator.service import Orchestrator
     from .orchestrator.sqlite_store import SqliteStore
 
     logging.basicConfig(
@@ -177,7 +177,7 @@ def start(
     from starlette.applications import Starlette
 
     from .orchestrator.api import Api
-    from .orchestrator.runtime import Orchestrator
+    from .orchestrator.service import Orchestrator
     from .orchestrator.stores import open_store
     from .signing import hashed_signing_key
 

@@ -15,7 +15,7 @@ import pytest
 from durable_core import ConfigError, Context, Durable, TriggerCron
 from durable_core.orchestrator import cron
 from durable_core.orchestrator.embedded import Embedded
-from durable_core.orchestrator.runtime import Orchestrator
+from durable_core.orchestrator.service import Orchestrator
 from durable_core.orchestrator.store import RunFilter, now_ms
 from durable_core.orchestrator.stores import open_store
 

@@ -32,7 +32,7 @@ from durable_core import (
 )
 from durable_core.events import Event
 from durable_core.orchestrator.embedded import Embedded
-from durable_core.orchestrator.runtime import Orchestrator
+from durable_core.orchestrator.service import Orchestrator
 from durable_core.orchestrator.store import RunFilter, RunRecord
 
 from .conftest import DEADLINE, Harness, StartFactory, wait_until

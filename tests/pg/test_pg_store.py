@@ -17,9 +17,10 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from durable_core import ConfigError
-from durable_core.orchestrator import pg_store
-from durable_core.orchestrator.core import FAST_BACKOFF, Machine
+from durable_core.orchestrator import lifecycle, pg_store
 from durable_core.orchestrator.pg_store import MIGRATIONS, PostgresStore
+from durable_core.orchestrator.registry import Registry
+from durable_core.orchestrator.service import FAST_BACKOFF
 from durable_core.orchestrator.store import (
     AppRecord,
     EventRecord,
@@ -30,6 +31,7 @@ from durable_core.orchestrator.store import (
     now_ms,
 )
 from durable_core.orchestrator.stores import open_store
+from durable_core.orchestrator.unit import Unit
 
 LEASE = 30_000
 DEADLINE = 10.0
@@ -291,24 +293,22 @@ async def test_release_leases_leaves_other_processes_leases_alone(stores: StoreF
 
 async def resolve_in_step(
     store: PostgresStore,
-    machine: Machine,
     run_id: str,
     step: str,
     memo: Any,
     both_open: asyncio.Barrier,
 ) -> bool:
-    """`Machine.resolve` in a transaction of `store`, once the other side's is open too."""
+    """`lifecycle.resolve` in a unit of work over a transaction of `store`, once the other side's is open too."""
     async with store.transaction() as tx:
         assert await tx.get_run(run_id) is not None
         await both_open.wait()
-        return await machine.resolve(tx, run_id, step, memo)
+        return await lifecycle.resolve(Unit(tx, Registry(), FAST_BACKOFF), run_id, step, memo)
 
 
 async def test_last_two_steps_resolved_concurrently_queue_exactly_one_discovery(
     stores: StoreFactory,
 ) -> None:
     a, b = await stores(), await stores()
-    machine = Machine({}, FAST_BACKOFF)
     for n in range(ROUNDS):
         run_id = f"run-{n}"
         async with a.transaction() as tx:
@@ -316,8 +316,8 @@ async def test_last_two_steps_resolved_concurrently_queue_exactly_one_discovery(
             await tx.add_pending(run_id, ["s1", "s2"])
         both_open = asyncio.Barrier(2)
         resolved = await asyncio.gather(
-            resolve_in_step(a, machine, run_id, "s1", {"data": "s1"}, both_open),
-            resolve_in_step(b, machine, run_id, "s2", {"data": "s2"}, both_open),
+            resolve_in_step(a, run_id, "s1", {"data": "s1"}, both_open),
+            resolve_in_step(b, run_id, "s2", {"data": "s2"}, both_open),
         )
         assert resolved == [True, True]
         async with a.transaction() as tx:
@@ -333,7 +333,6 @@ async def test_last_two_steps_resolved_concurrently_queue_exactly_one_discovery(
 
 async def test_one_step_resolved_twice_concurrently_is_stored_once(stores: StoreFactory) -> None:
     a, b = await stores(), await stores()
-    machine = Machine({}, FAST_BACKOFF)
     for n in range(ROUNDS):
         run_id = f"run-{n}"
         async with a.transaction() as tx:
@@ -341,8 +340,8 @@ async def test_one_step_resolved_twice_concurrently_is_stored_once(stores: Store
             await tx.add_pending(run_id, ["s"])
         both_open = asyncio.Barrier(2)
         won = await asyncio.gather(
-            resolve_in_step(a, machine, run_id, "s", {"data": "a"}, both_open),
-            resolve_in_step(b, machine, run_id, "s", {"data": "b"}, both_open),
+            resolve_in_step(a, run_id, "s", {"data": "a"}, both_open),
+            resolve_in_step(b, run_id, "s", {"data": "b"}, both_open),
         )
         assert sorted(won) == [False, True]
         async with a.transaction() as tx:

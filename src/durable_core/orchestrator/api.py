@@ -30,17 +30,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import signing
-from . import cron, expressions, flow
-from .runtime import Orchestrator, parse_events
+from .api_input import (
+    InvokeIn,
+    Problem,
+    RegisterIn,
+    SignalIn,
+    check_function,
+    parse_events,
+    refuse_nul,
+    validation,
+)
+from .service import Orchestrator
 from .store import HistoryRecord, RunFilter, RunRecord, RunStatus
 
 MAX_BODY = 10 * 1024 * 1024
-
-
-class _Problem(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _iso(ms: int | None) -> str | None:
@@ -88,98 +91,6 @@ def run_json(run: RunRecord, steps: list[HistoryRecord] | None = None) -> dict[s
     return out
 
 
-class _FunctionIn(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="allow")
-    id: str = pydantic.Field(min_length=1)
-    name: str | None = None
-    triggers: list[dict[str, Any]]
-    steps: dict[str, dict[str, Any]]
-
-
-class _RegisterIn(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="allow")
-    appname: str = pydantic.Field(min_length=1)
-    url: str = ""
-    functions: list[_FunctionIn]
-
-
-class _InvokeIn(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
-    data: dict[str, Any] = pydantic.Field(default_factory=dict)
-    wait: bool = False
-    timeout: float = pydantic.Field(default=30.0, gt=0, le=3600)
-
-
-class _SignalIn(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
-    signal: str = pydantic.Field(min_length=1)
-    data: Any = None
-
-
-def _validation(err: pydantic.ValidationError, what: str) -> _Problem:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or what
-    return _Problem(400, f"{what}: {where}: {first['msg']}")
-
-
-def _nul_at(value: Any, where: str) -> str | None:
-    """Where a NUL character sits in a decoded JSON value (names and ids cannot hold one)."""
-    if isinstance(value, str):
-        return where if "\x00" in value else None
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)  # type: ignore[assignment]
-    else:
-        return None
-    for key, item in items:
-        if isinstance(key, str) and "\x00" in key:
-            return f"{where}.{key!r}"
-        found = _nul_at(item, f"{where}.{key}" if where else str(key))
-        if found:
-            return found
-    return None
-
-
-def _refuse_nul(value: Any, what: str) -> None:
-    found = _nul_at(value, "")
-    if found is not None:
-        raise _Problem(400, f"{what}: {found or 'body'}: text cannot contain a NUL character")
-
-
-def _check_function(fn: _FunctionIn) -> None:
-    runtime = fn.steps.get("step", {}).get("runtime")
-    if not isinstance(runtime, dict) or not isinstance(runtime.get("url"), str):
-        raise _Problem(400, f"function {fn.id}: steps.step.runtime.url is required")
-    retries = fn.steps["step"].get("retries")
-    if retries is not None:
-        attempts = retries.get("attempts") if isinstance(retries, dict) else None
-        if not isinstance(attempts, int) or isinstance(attempts, bool) or not 0 <= attempts <= 20:
-            raise _Problem(
-                400,
-                f"function {fn.id}: steps.step.retries.attempts must be an integer from 0 to 20",
-            )
-    if not fn.triggers:
-        raise _Problem(400, f"function {fn.id}: needs at least one trigger")
-    for i, trig in enumerate(fn.triggers):
-        if not isinstance(trig.get("event"), str) and not isinstance(trig.get("cron"), str):
-            raise _Problem(400, f"function {fn.id}: triggers[{i}] needs an 'event' or a 'cron'")
-        if isinstance(trig.get("cron"), str):
-            try:
-                cron.check(trig["cron"])
-            except Exception as err:
-                raise _Problem(400, f"function {fn.id}: triggers[{i}].cron: {err}") from None
-        expr = trig.get("expression")
-        if expr is not None:
-            try:
-                expressions.check(str(expr))
-            except Exception as err:
-                raise _Problem(400, f"function {fn.id}: triggers[{i}].expression: {err}") from None
-    problem = flow.check(fn.model_dump(mode="json"))
-    if problem is not None:
-        raise _Problem(400, f"function {fn.id}: {problem}")
-
-
 class Api:
     def __init__(self, orch: Orchestrator) -> None:
         self.orch = orch
@@ -210,18 +121,18 @@ class Api:
     async def _json(self, request: Request) -> Any:
         body = await request.body()
         if len(body) > MAX_BODY:
-            raise _Problem(413, f"body too large ({len(body)} bytes; the limit is {MAX_BODY})")
+            raise Problem(413, f"body too large ({len(body)} bytes; the limit is {MAX_BODY})")
         if not body.strip():
-            raise _Problem(400, "empty body: send JSON")
+            raise Problem(400, "empty body: send JSON")
         try:
             value = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise _Problem(400, f"body is not valid JSON: {err}") from None
+            raise Problem(400, f"body is not valid JSON: {err}") from None
         try:
             json.dumps(value, ensure_ascii=False).encode()
         except UnicodeEncodeError as err:
             bad = err.object[err.start : err.end]
-            raise _Problem(
+            raise Problem(
                 400, f"body holds text that is not valid Unicode ({err.reason}): {bad!r}"
             ) from None
         return value
@@ -233,7 +144,7 @@ class Api:
         expected = f"Bearer {signing.hashed_signing_key(key)}"
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise _Problem(
+            raise Problem(
                 401, "missing or wrong Authorization: send 'Bearer <sha256 of the signing key>'"
             )
 
@@ -247,9 +158,9 @@ class Api:
         try:
             value = int(raw)
         except ValueError:
-            raise _Problem(400, f"query parameter {name}={raw!r} must be an integer") from None
+            raise Problem(400, f"query parameter {name}={raw!r} must be an integer") from None
         if not lo <= value <= hi:
-            raise _Problem(400, f"query parameter {name}={value} must be between {lo} and {hi}")
+            raise Problem(400, f"query parameter {name}={value} must be between {lo} and {hi}")
         return value
 
     @staticmethod
@@ -259,7 +170,7 @@ class Api:
         async def endpoint(request: Request) -> Response:
             try:
                 return await handler(request)
-            except _Problem as problem:
+            except Problem as problem:
                 return JSONResponse({"error": str(problem)}, status_code=problem.status)
 
         return endpoint
@@ -270,19 +181,19 @@ class Api:
         self._authorize(request)
         try:
             raw = await self._json(request)
-            body = _RegisterIn.model_validate(raw)
+            body = RegisterIn.model_validate(raw)
         except pydantic.ValidationError as err:
-            raise _validation(err, "registration") from None
-        _refuse_nul(raw, "registration")
+            raise validation(err, "registration") from None
+        refuse_nul(raw, "registration")
         for fn in body.functions:
-            _check_function(fn)
+            check_function(fn)
         modified = await self.orch.register(body.model_dump(mode="json"))
         return JSONResponse({"ok": True, "modified": modified})
 
     async def events_in(self, request: Request) -> Response:
         keys = self.orch.event_keys
         if keys is not None and request.path_params["event_key"] not in keys:
-            raise _Problem(
+            raise Problem(
                 401, "unknown event key: use one of the keys the orchestrator was started with"
             )
         return await self._send(request)
@@ -291,7 +202,7 @@ class Api:
         try:
             events = parse_events(await self._json(request))
         except ValueError as err:
-            raise _Problem(400, str(err)) from None
+            raise Problem(400, str(err)) from None
         ids = await self.orch.send(events)
         return JSONResponse({"ids": ids, "status": 200})
 
@@ -306,7 +217,7 @@ class Api:
 
     async def functions(self, request: Request) -> Response:
         self._authorize(request)
-        fns = sorted(self.orch.machine.functions.values(), key=lambda f: f.fn_id)
+        fns = self.orch.functions.all()
         return JSONResponse({"data": [
             {"function_id": f.fn_id, "app_id": f.app_id, "name": f.name, "triggers": f.config.get("triggers"), "config": f.config}
             for f in fns
@@ -316,14 +227,14 @@ class Api:
         self._authorize(request)
         fn_id = request.path_params["function_id"]
         try:
-            body = _InvokeIn.model_validate(await self._json(request))
+            body = InvokeIn.model_validate(await self._json(request))
         except pydantic.ValidationError as err:
-            raise _validation(err, "invoke") from None
+            raise validation(err, "invoke") from None
         try:
             run_id = await self.orch.invoke(fn_id, body.data)
         except KeyError:
-            known = ", ".join(sorted(self.orch.machine.functions)) or "none"
-            raise _Problem(404, f"no function {fn_id!r} (registered: {known})") from None
+            known = ", ".join(self.orch.functions.ids()) or "none"
+            raise Problem(404, f"no function {fn_id!r} (registered: {known})") from None
         if not body.wait:
             return JSONResponse({"run_id": run_id}, status_code=202)
         run = await self.orch.wait_for_run(run_id, body.timeout)
@@ -335,7 +246,7 @@ class Api:
         status = request.query_params.get("status")
         if status is not None and status not in RunStatus.__members__.values():
             names = ", ".join(s.value for s in RunStatus)
-            raise _Problem(400, f"unknown status {status!r}: use one of {names}")
+            raise Problem(400, f"unknown status {status!r}: use one of {names}")
         flt = RunFilter(
             fn_id=request.query_params.get("function_id") or None,
             status=RunStatus(status) if status else None,
@@ -351,7 +262,7 @@ class Api:
             run = await tx.get_run(run_id)
             history = await tx.get_history(run_id) if run else []
         if run is None:
-            raise _Problem(404, f"no run {run_id!r}")
+            raise Problem(404, f"no run {run_id!r}")
         return run, history
 
     async def run(self, request: Request) -> Response:
@@ -364,7 +275,7 @@ class Api:
         run_id = request.path_params["run_id"]
         run = await self.orch.cancel(run_id)
         if run is None:
-            raise _Problem(404, f"no run {run_id!r}")
+            raise Problem(404, f"no run {run_id!r}")
         return JSONResponse(run_json(run))
 
     async def rerun(self, request: Request) -> Response:
@@ -372,7 +283,7 @@ class Api:
         run_id = request.path_params["run_id"]
         new = await self.orch.rerun(run_id)
         if new is None:
-            raise _Problem(404, f"no run {run_id!r}, or its function is no longer registered")
+            raise Problem(404, f"no run {run_id!r}, or its function is no longer registered")
         return JSONResponse({"run_id": new}, status_code=202)
 
     async def events(self, request: Request) -> Response:
@@ -392,13 +303,13 @@ class Api:
     async def signal(self, request: Request) -> Response:
         self._authorize(request)
         try:
-            body = _SignalIn.model_validate(await self._json(request))
+            body = SignalIn.model_validate(await self._json(request))
         except pydantic.ValidationError as err:
-            raise _validation(err, "signal") from None
-        _refuse_nul(body.signal, "signal")
+            raise validation(err, "signal") from None
+        refuse_nul(body.signal, "signal")
         run_id = await self.orch.signal(body.signal, body.data)
         if run_id is None:
-            raise _Problem(404, f"no run is waiting for signal {body.signal!r}")
+            raise Problem(404, f"no run is waiting for signal {body.signal!r}")
         return JSONResponse({"run_id": run_id})
 
     async def health(self, request: Request) -> Response:

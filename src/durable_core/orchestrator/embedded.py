@@ -37,8 +37,7 @@ from ..events import Event
 from ..function import Durable
 from . import local_socket
 from .api import Api, run_json
-from .core import DEFAULT_BACKOFF, FAST_BACKOFF
-from .runtime import Orchestrator
+from .service import DEFAULT_BACKOFF, FAST_BACKOFF, Orchestrator
 from .sqlite_store import SqliteStore, StoreLockedError
 from .stores import open_store
 

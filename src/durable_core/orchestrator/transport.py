@@ -32,14 +32,19 @@ class CallResult:
     body: Any
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Call:
+    """One execution request to an app: `target` is the planned step to run (None: find and
+    run what comes next); `checkpoint` keeps finished steps (in-process calls only)."""
+
+    fn: FunctionRecord
+    target: str | None
+    request: dict[str, Any]
+    checkpoint: Checkpoint | None = None
+
+
 class Transport(Protocol):
-    async def call(
-        self,
-        fn: FunctionRecord,
-        target: str | None,
-        request: dict[str, Any],
-        checkpoint: Checkpoint | None,
-    ) -> CallResult: ...
+    async def call(self, call: Call) -> CallResult: ...
 
 
 def step_url(url: str, target: str | None) -> str:
@@ -54,20 +59,15 @@ class HttpTransport:
         self._signing_key = signing_key
         self._client = httpx.AsyncClient(timeout=timeout)
 
-    async def call(
-        self,
-        fn: FunctionRecord,
-        target: str | None,
-        request: dict[str, Any],
-        checkpoint: Checkpoint | None,
-    ) -> CallResult:
-        body = bytes(rfc8785.dumps(request))
+    async def call(self, call: Call) -> CallResult:
+        fn, body = call.fn, bytes(rfc8785.dumps(call.request))
         headers = {"content-type": "application/json", "x-inngest-server-kind": "dev"}
         if self._signing_key:
             headers["x-inngest-server-kind"] = "cloud"
             headers["x-inngest-signature"] = signing.sign(body, self._signing_key)
         try:
-            res = await self._client.post(step_url(fn.url, target), content=body, headers=headers)
+            url = step_url(fn.url, call.target)
+            res = await self._client.post(url, content=body, headers=headers)
         except httpx.HTTPError as err:
             return CallResult(
                 599,
@@ -97,13 +97,8 @@ class InProcessTransport:
     def serves(self, url: str) -> bool:
         return url.startswith(f"{INPROC_SCHEME}://")
 
-    async def call(
-        self,
-        fn: FunctionRecord,
-        target: str | None,
-        request: dict[str, Any],
-        checkpoint: Checkpoint | None,
-    ) -> CallResult:
+    async def call(self, call: Call) -> CallResult:
+        fn = call.fn
         durable = self._apps.get(fn.app_id)
         found = durable.find(fn.fn_id) if durable else None
         if durable is None or found is None:
@@ -116,15 +111,15 @@ class InProcessTransport:
                 },
             )
         func, handler = found
-        req = ExecutionRequest.model_validate(request)
+        req = ExecutionRequest.model_validate(call.request)
         outcome = await execute(
             func,
             handler,
             req,
-            target,
+            call.target,
             sender=durable.send_async,
             sync_sender=durable.send,
-            checkpoint=checkpoint,
+            checkpoint=call.checkpoint,
         )
         wire = to_wire(func, outcome)
         return CallResult(wire.status, wire.headers, wire.body)

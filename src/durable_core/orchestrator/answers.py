@@ -1,0 +1,283 @@
+"""Answers: what the orchestrator does with an app's answer to one request.
+
+200 completes the run; 206 carries opcodes, each handled by one small function in `HANDLERS`;
+anything else is the function's own error, retried with backoff until its attempts run out.
+Ops that put the run to wait (planned steps, sleeps, waits, invokes, signals) become its
+pending set; when that set empties, `lifecycle.resolve` queues the next discovery.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .._engine import Opcode
+from . import expressions, lifecycle
+from .flow_options import duration_ms
+from .ids import new_id
+from .store import HistoryRecord, ItemKind, QueueItem, RunRecord, RunStatus, WaitRecord, now_ms
+from .transport import CallResult
+from .unit import Unit
+
+INVOKED = "inngest/function.invoked"
+WAIT_DEFAULT_MS = 7 * 24 * 3600 * 1000  # a wait without a timeout
+
+
+def _ms(duration: str | None, default_ms: int) -> int:
+    return duration_ms(duration) if duration else default_ms
+
+
+def parse_time(text: str) -> int | None:
+    """Milliseconds since the epoch of an ISO 8601 time (UTC when it names no zone)."""
+    try:
+        moment = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_dt.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _error(name: str, message: str) -> dict[str, Any]:
+    return {"name": name, "message": message, "stack": None}
+
+
+async def apply(unit: Unit, item: QueueItem, run: RunRecord, res: CallResult, started: int) -> None:
+    """Advance `run` with the app's answer to `item` (the item is consumed)."""
+    if not await unit.tx.delete_item(item.id):
+        return  # its lease ran out and another worker answered it already
+    if res.status == 200:
+        await lifecycle.finish(unit, run, RunStatus.COMPLETED, output=res.body)
+    elif (
+        res.status == 206
+        and isinstance(res.body, list)
+        and all(isinstance(o, dict) and "op" in o for o in res.body)
+    ):
+        await _apply_ops(_Answer(unit, item, run, started), res.body)
+    else:
+        await _function_error(unit, item, run, res, started)
+
+
+async def _function_error(
+    unit: Unit, item: QueueItem, run: RunRecord, res: CallResult, started: int
+) -> None:
+    body = res.body if isinstance(res.body, dict) else {"message": str(res.body)}
+    error = {
+        "name": str(body.get("name") or "Error"),
+        "message": str(body.get("message") or f"HTTP {res.status}"),
+        "stack": body.get("stack"),
+    }
+    if res.status == 206:
+        error = _error("InvalidResponse", f"206 without opcodes: {str(res.body)[:500]}")
+    # A failed attempt of the whole request is part of the run's story too.
+    step = item.step or "function"
+    name = "(function)" if item.step is None else step
+    await unit.tx.add_history(
+        HistoryRecord(
+            run.run_id, step, name, "FunctionError", item.attempt, started, now_ms(), None, error
+        )
+    )
+    fn = unit.functions.get(run.fn_id)
+    max_attempts = (fn.retries if fn else 0) + 1
+    no_retry = res.headers.get("x-inngest-no-retry") == "true" or (res.status == 404 and fn is None)
+    if no_retry or item.attempt + 1 >= max_attempts:
+        await lifecycle.finish(unit, run, RunStatus.FAILED, error=error)
+        return
+    when = now_ms() + lifecycle.delay_ms(unit, item.attempt)
+    retry_after = res.headers.get("retry-after")
+    if retry_after:
+        at = parse_time(retry_after)
+        if at is None and retry_after.strip().isdigit():
+            at = now_ms() + int(retry_after) * 1000
+        when = max(at or when, now_ms())
+    await _retry(unit, item, run, when)
+    reason = f"retrying at attempt {item.attempt + 1}: {str(error['message'])[:200]}"
+    await unit.tx.update_run(run.run_id, reason=reason)
+
+
+async def _retry(unit: Unit, item: QueueItem, run: RunRecord, when: int) -> None:
+    await unit.tx.enqueue(
+        run.run_id,
+        item.kind,
+        step=item.step,
+        attempt=item.attempt + 1,
+        available_at=when,
+        payload=item.payload,
+        flow=lifecycle.run_flow(unit, run),
+    )
+
+
+@dataclasses.dataclass
+class _Answer:
+    """One 206 answer being applied: what its ops leave pending, and why the run waits."""
+
+    unit: Unit
+    item: QueueItem
+    run: RunRecord
+    started: int
+    now: int = dataclasses.field(default_factory=now_ms)
+    waiting: list[str] = dataclasses.field(default_factory=list)
+    reasons: list[str] = dataclasses.field(default_factory=list)
+    # Ops answered at once (an invoke of an unknown function, a signal already waited for):
+    # resolved after the whole batch is pending, so fan-in counts every op.
+    immediate: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    failed: bool = False
+
+    async def history(self, step: str, name: str, kind: str) -> None:
+        rec = HistoryRecord(self.run.run_id, step, name, kind, 0, self.now, None)
+        await self.unit.tx.add_history(rec)
+
+    async def timer(self, step: str, at: int, payload: dict[str, Any]) -> None:
+        await lifecycle.schedule(self.unit, self.run.run_id, step, at, payload)
+
+
+class _Op:
+    """One opcode of the answer, with the fields every handler reads."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self.kind, self.step = str(raw.get("op")), str(raw.get("id"))
+        self.name = str(raw.get("displayName") or raw.get("name") or self.step)
+        self.opts: dict[str, Any] = raw.get("opts") or {}
+
+
+async def _step_ran(a: _Answer, op: _Op) -> None:
+    """StepRun, StepFailed and StepError: the step ran in this request."""
+    data = op.raw.get("data") if op.kind == Opcode.STEP_RUN else None
+    rec = HistoryRecord(
+        a.run.run_id, op.step, op.name, op.kind, a.item.attempt, a.started, a.now,
+        data, op.raw.get("error"),
+    )  # fmt: skip
+    await a.unit.tx.add_history(rec)
+    if op.kind == Opcode.STEP_ERROR:
+        await _retry(a.unit, a.item, a.run, a.now + lifecycle.delay_ms(a.unit, a.item.attempt))
+        a.reasons.append(f"step {op.name!r} failed (attempt {a.item.attempt + 1}), retrying")
+        return
+    memo = {"data": data} if op.kind == Opcode.STEP_RUN else {"error": op.raw.get("error")}
+    if a.item.kind is ItemKind.STEP:
+        await lifecycle.resolve(a.unit, a.run.run_id, op.step, memo)
+    else:
+        await a.unit.tx.put_memo(a.run.run_id, op.step, memo)
+
+
+async def _planned(a: _Answer, op: _Op) -> None:
+    a.waiting.append(op.step)
+    flow = lifecycle.run_flow(a.unit, a.run)
+    await a.unit.tx.enqueue(a.run.run_id, ItemKind.STEP, step=op.step, flow=flow)
+
+
+async def _sleep(a: _Answer, op: _Op) -> None:
+    wake = parse_time(str(op.raw.get("name") or ""))
+    if wake is None:
+        wake = a.now + _ms(op.opts.get("duration"), 0)
+    a.waiting.append(op.step)
+    await a.history(op.step, op.name, op.kind)
+    await a.timer(op.step, wake, {"memo": None})
+    until = _dt.datetime.fromtimestamp(wake / 1000, _dt.UTC).isoformat()
+    a.reasons.append(f"sleeping until {until}")
+
+
+async def _wait_for_event(a: _Answer, op: _Op) -> None:
+    event_name = str(op.opts.get("event") or op.raw.get("name"))
+    expires = a.now + _ms(op.opts.get("timeout"), WAIT_DEFAULT_MS)
+    expr, trigger = op.opts.get("if"), a.run.events[0]
+    wait = WaitRecord(a.run.run_id, op.step, event_name, expr, trigger, expires)
+    await a.unit.tx.add_wait(wait, expressions.index_term(expr, trigger))
+    a.waiting.append(op.step)
+    await a.history(op.step, op.name, op.kind)
+    await a.timer(op.step, expires, {"memo": None, "only_if": "wait"})
+    a.reasons.append(f"waiting for event {event_name!r}")
+
+
+async def _wait_for_signal(a: _Answer, op: _Op) -> None:
+    signal = str(op.opts.get("signal") or "")
+    await a.history(op.step, op.name, op.kind)
+    replace = op.opts.get("conflict") != "fail"
+    if not await a.unit.tx.add_signal(signal, a.run.run_id, op.step, replace):
+        err = _error("SignalConflict", f"another run already waits for signal {signal!r}")
+        a.immediate.append((op.step, {"error": err}))
+        return
+    a.waiting.append(op.step)
+    expires = a.now + _ms(op.opts.get("timeout"), WAIT_DEFAULT_MS)
+    await a.timer(op.step, expires, {"memo": None, "only_if": "signal"})
+    a.reasons.append(f"waiting for signal {signal!r}")
+
+
+async def _invoke(a: _Answer, op: _Op) -> None:
+    """Start the child run, or answer the step at once when there is nothing to invoke."""
+    await a.history(op.step, op.name, op.kind)
+    fn_id = str(op.opts.get("function_id") or "")
+    fn = a.unit.functions.get(fn_id)
+    if fn is None:
+        err = _error("FunctionNotFound", f"cannot invoke {fn_id!r}: no such function is registered")
+        a.immediate.append((op.step, {"error": err}))
+        return
+    payload = op.opts.get("payload") or {}
+    event = {"name": INVOKED, "data": payload.get("data") or {}, "id": new_id(), "ts": now_ms()}
+    child = await lifecycle.start_run(a.unit, fn, [event], parent=(a.run.run_id, op.step))
+    timeout = op.opts.get("timeout")
+    if timeout:
+        err = _error("InvokeTimeout", f"invoked function {fn_id} did not finish within {timeout}")
+        await a.timer(op.step, now_ms() + _ms(timeout, 0), {"memo": {"error": err}})
+    a.waiting.append(op.step)
+    a.reasons.append(f"waiting for invoked run {child} of {fn_id}")
+
+
+async def _unsupported(a: _Answer, op: _Op) -> None:
+    rec = HistoryRecord(
+        a.run.run_id, op.step, op.name, op.kind, a.item.attempt, a.started, a.now,
+        None, {"message": f"unknown opcode {op.kind!r}"},
+    )  # fmt: skip
+    await a.unit.tx.add_history(rec)
+    message = f"the SDK sent opcode {op.kind!r}, which this orchestrator does not support"
+    await lifecycle.finish(
+        a.unit, a.run, RunStatus.FAILED, error=_error("UnsupportedOpcode", message)
+    )
+    a.failed = True
+
+
+Handler = Callable[[_Answer, _Op], Awaitable[None]]
+
+HANDLERS: dict[str, Handler] = {
+    Opcode.STEP_RUN: _step_ran,
+    Opcode.STEP_FAILED: _step_ran,
+    Opcode.STEP_ERROR: _step_ran,
+    Opcode.STEP_PLANNED: _planned,
+    Opcode.SLEEP: _sleep,
+    Opcode.WAIT_FOR_EVENT: _wait_for_event,
+    Opcode.WAIT_FOR_SIGNAL: _wait_for_signal,
+    Opcode.INVOKE: _invoke,
+}
+
+
+async def _apply_ops(a: _Answer, ops: list[dict[str, Any]]) -> None:
+    for raw in ops:
+        op = _Op(raw)
+        await HANDLERS.get(op.kind, _unsupported)(a, op)
+        if a.failed:
+            return
+    kinds = {str(raw.get("op")) for raw in ops}
+    await _settle(a, planned=Opcode.STEP_PLANNED in kinds, retried=Opcode.STEP_ERROR in kinds)
+
+
+async def _settle(a: _Answer, planned: bool, retried: bool) -> None:
+    """Set the run's status and pending set after all its ops are applied."""
+    tx, run_id = a.unit.tx, a.run.run_id
+    if a.waiting or a.immediate:
+        await tx.add_pending(run_id, a.waiting + [step for step, _ in a.immediate])
+        sleeping = bool(a.reasons) and all(r.startswith("sleeping") for r in a.reasons)
+        status = RunStatus.SLEEPING if sleeping else RunStatus.WAITING
+        if planned:
+            status = RunStatus.RUNNING
+        batch_parallel = len(a.waiting) + len(a.immediate) > 1
+        reason = "; ".join(a.reasons) or None
+        await tx.update_run(run_id, status=status, reason=reason, batch_parallel=batch_parallel)
+        for step, memo in a.immediate:
+            await lifecycle.resolve(a.unit, run_id, step, memo)
+    elif a.item.kind is ItemKind.DISCOVERY and not retried:
+        await tx.enqueue(run_id, ItemKind.DISCOVERY, flow=lifecycle.run_flow(a.unit, a.run))
+        await tx.update_run(run_id, status=RunStatus.RUNNING, reason=None)
+    elif a.reasons:
+        await tx.update_run(run_id, reason="; ".join(a.reasons))

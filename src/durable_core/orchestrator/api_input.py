@@ -1,0 +1,127 @@
+"""What the API accepts: request bodies parsed and checked, each problem a 400 naming it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+
+from ..events import Event
+from . import cron, expressions, flow_options
+
+
+class Problem(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FunctionIn(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+    id: str = pydantic.Field(min_length=1)
+    name: str | None = None
+    triggers: list[dict[str, Any]]
+    steps: dict[str, dict[str, Any]]
+
+
+class RegisterIn(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+    appname: str = pydantic.Field(min_length=1)
+    url: str = ""
+    functions: list[FunctionIn]
+
+
+class InvokeIn(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    data: dict[str, Any] = pydantic.Field(default_factory=dict)
+    wait: bool = False
+    timeout: float = pydantic.Field(default=30.0, gt=0, le=3600)
+
+
+class SignalIn(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    signal: str = pydantic.Field(min_length=1)
+    data: Any = None
+
+
+def validation(err: pydantic.ValidationError, what: str) -> Problem:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or what
+    return Problem(400, f"{what}: {where}: {first['msg']}")
+
+
+def _nul_at(value: Any, where: str) -> str | None:
+    """Where a NUL character sits in a decoded JSON value (names and ids cannot hold one)."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)  # type: ignore[assignment]
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return f"{where}.{key!r}"
+        found = _nul_at(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def refuse_nul(value: Any, what: str) -> None:
+    found = _nul_at(value, "")
+    if found is not None:
+        raise Problem(400, f"{what}: {found or 'body'}: text cannot contain a NUL character")
+
+
+def check_function(fn: FunctionIn) -> None:
+    runtime = fn.steps.get("step", {}).get("runtime")
+    if not isinstance(runtime, dict) or not isinstance(runtime.get("url"), str):
+        raise Problem(400, f"function {fn.id}: steps.step.runtime.url is required")
+    retries = fn.steps["step"].get("retries")
+    if retries is not None:
+        attempts = retries.get("attempts") if isinstance(retries, dict) else None
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or not 0 <= attempts <= 20:
+            raise Problem(
+                400,
+                f"function {fn.id}: steps.step.retries.attempts must be an integer from 0 to 20",
+            )
+    if not fn.triggers:
+        raise Problem(400, f"function {fn.id}: needs at least one trigger")
+    for i, trig in enumerate(fn.triggers):
+        if not isinstance(trig.get("event"), str) and not isinstance(trig.get("cron"), str):
+            raise Problem(400, f"function {fn.id}: triggers[{i}] needs an 'event' or a 'cron'")
+        if isinstance(trig.get("cron"), str):
+            try:
+                cron.check(trig["cron"])
+            except Exception as err:
+                raise Problem(400, f"function {fn.id}: triggers[{i}].cron: {err}") from None
+        expr = trig.get("expression")
+        if expr is not None:
+            try:
+                expressions.check(str(expr))
+            except Exception as err:
+                raise Problem(400, f"function {fn.id}: triggers[{i}].expression: {err}") from None
+    problem = flow_options.check(fn.model_dump(mode="json"))
+    if problem is not None:
+        raise Problem(400, f"function {fn.id}: {problem}")
+
+
+def parse_events(body: Any) -> list[Event]:
+    """Events from a request body (one object or a list), or ValueError naming the bad field."""
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        raise ValueError("no events: send one event object or a non-empty array")
+    events = []
+    for i, raw in enumerate(items):
+        where = f"events[{i}]" if isinstance(body, list) else "event"
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: must be a JSON object with a 'name'")
+        try:
+            events.append(Event.model_validate(raw))
+        except pydantic.ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "event"
+            raise ValueError(f"{where}.{field}: {first['msg']}") from None
+    return events
