@@ -32,9 +32,9 @@ from typing import Any, TypeVar
 from starlette.types import Receive, Scope, Send
 
 from .._execute import run_coroutine_blocking
+from ..app import Durable
 from ..errors import DurableError
 from ..events import Event
-from ..function import Durable
 from . import local_socket
 from .api import Api, run_json
 from .core import DEFAULT_BACKOFF, FAST_BACKOFF

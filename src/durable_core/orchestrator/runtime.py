@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pydantic
 
 from .._steps import Checkpoints
-from ..errors import ConfigError
+from ..errors import ConfigError, RunCancelledError
 from ..events import Event
 from . import cron, flow
 from .core import DEFAULT_BACKOFF, Machine
@@ -42,10 +42,6 @@ T = TypeVar("T")
 _log = logging.getLogger("durable.orchestrator")
 
 Listener = Callable[[str, dict[str, Any]], None]
-
-
-class RunCancelledError(Exception):
-    """A checkpoint arrived for a run that was cancelled; the request stops."""
 
 
 class Orchestrator:

@@ -18,7 +18,7 @@ import rfc8785
 from .. import signing
 from .._execute import ExecutionRequest, execute, to_wire
 from .._steps import Checkpoints
-from ..function import Durable
+from ..app import Durable
 from .store import FunctionRecord
 
 Checkpoint = Checkpoints
