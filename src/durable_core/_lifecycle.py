@@ -98,7 +98,7 @@ class Execution:
         if err is None:
             return False
         if isinstance(err, NonRetriableError | RetryAfterError):
-            self._replay.abort(err)  # the request ends with it, even if the function catches it
+            self._replay.abort(err)  # it decides the run: the request ends with it
             return True
         if isinstance(err, Exception):
             if err.__traceback__ is not None:  # drop this frame: the user's code is what matters

@@ -60,11 +60,8 @@ class _Sync:
     query: Mapping[str, str]
 
 
-_json = json_response
-
-
 def _error(status: int, name: ServeErrorCode, message: str, **extra: str) -> Response:
-    return _json(status, {"name": str(name), "message": message, "code": str(name)}, extra)
+    return json_response(status, {"name": str(name), "message": message, "code": str(name)}, extra)
 
 
 class ServeHandler:
@@ -175,7 +172,7 @@ class ServeHandler:
                 body["authentication_succeeded"] = False
             else:
                 body.update(self._authenticated_details(req))
-        return _json(200, body)
+        return json_response(200, body)
 
     def _authenticated_details(self, req: Request) -> dict[str, Any]:
         d = self.durable
@@ -235,7 +232,7 @@ class ServeHandler:
                 "sdk_version": SDK_VERSION,
                 "url": url,
             }
-            return self._finish(_json(200, body, {Header.SYNC_KIND: "in_band"}), key)
+            return self._finish(json_response(200, body, {Header.SYNC_KIND: "in_band"}), key)
         return _Sync(key=None, url=self._serve_url(req), query=req.query)
 
     def _execution(self, req: Request, headers: Mapping[str, str]) -> Response | _Execution:
@@ -244,7 +241,7 @@ class ServeHandler:
         except SignatureError as err:
             return _error(401, ServeErrorCode.UNAUTHORIZED, str(err))
         if req.query.get("probe") == "trust":
-            return self._finish(_json(200, {}), key)
+            return self._finish(json_response(200, {}), key)
         fn_id = req.query.get("fnId")
         if not fn_id:
             return self._finish(
@@ -293,7 +290,7 @@ class ServeHandler:
                 outcome.error,
             )
         wire = to_wire(plan.fn, outcome)
-        return _json(wire.status, wire.body, wire.headers)
+        return json_response(wire.status, wire.body, wire.headers)
 
     def _finish(self, res: Response, key: str | None) -> Response:
         res.headers.setdefault("content-type", "application/json")
@@ -348,7 +345,7 @@ class ServeHandler:
             body = res.json()
         except ValueError:
             body = {"error": res.text}
-        return _json(res.status_code, body, sync_kind)
+        return json_response(res.status_code, body, sync_kind)
 
     async def _sync_out_of_band(self, plan: _Sync) -> Response:
         url, body, headers = self._registration(plan)
