@@ -27,7 +27,7 @@ from durable_core import Durable, Function, ServeHandler
 from durable_core import Request as CoreRequest
 from durable_core import Response as CoreResponse
 from durable_core.orchestrator.embedded import Embedded
-from durable_core.workflow import is_protocol_call, start_blocking
+from durable_core.routes import is_protocol_call, start_blocking
 
 _served: dict[int, tuple[ServeHandler, Embedded | None]] = {}
 View = Callable[..., HttpResponse]
@@ -121,7 +121,10 @@ def durable_api_urls(durable: Durable) -> list[URLPattern]:
 
 def workflow_view(fn: Function[Any]) -> View:
     """The view of a route workflow: a plain POST starts a run, protocol calls run its steps."""
-    handler, host = _serve(fn.app)
+    durable = fn.app
+    if not isinstance(durable, Durable):
+        raise TypeError(f"route workflow {fn.id!r} must be declared with @durable.workflow(...)")
+    handler, host = _serve(durable)
 
     @csrf_exempt
     def view(request: HttpRequest) -> HttpResponse:
@@ -129,7 +132,7 @@ def workflow_view(fn: Function[Any]) -> View:
         req = to_core(request)
         if is_protocol_call(req):
             return to_response(handler.handle_sync(req))
-        return to_response(start_blocking(fn.app, fn, req))
+        return to_response(start_blocking(durable, fn, req))
 
     return view
 

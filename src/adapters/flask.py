@@ -17,8 +17,8 @@ from durable_core import Durable, Function, ServeHandler
 from durable_core import Request as CoreRequest
 from durable_core import Response as CoreResponse
 from durable_core.orchestrator.embedded import API_PATH, Embedded
+from durable_core.routes import is_protocol_call, start_blocking
 from durable_core.serve import DEFAULT_SERVE_PATH
-from durable_core.workflow import is_protocol_call, start_blocking
 
 _METHODS = ["GET", "PUT", "POST"]
 

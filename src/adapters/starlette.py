@@ -17,8 +17,8 @@ from starlette.responses import Response as StarletteResponse
 
 from durable_core import Durable, Function, Request, Response, ServeHandler
 from durable_core.orchestrator.embedded import API_PATH, Embedded
+from durable_core.routes import is_protocol_call, start_async
 from durable_core.serve import DEFAULT_SERVE_PATH
-from durable_core.workflow import is_protocol_call, start_async
 
 
 async def to_core(request: StarletteRequest) -> Request:

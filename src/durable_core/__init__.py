@@ -5,7 +5,25 @@ stored: after a crash, retry, sleep or wait the function replays and only new wo
 """
 
 from ._durations import format_duration, parse_duration
-from .config import (
+from .app import Durable
+from .context import Context, SyncContext
+from .errors import (
+    ConfigError,
+    DurableError,
+    FunctionNotFoundError,
+    NestedStepError,
+    NonDeterminismError,
+    NonRetriableError,
+    RetryAfterError,
+    RunFailedError,
+    SerializationError,
+    SignatureError,
+    StepError,
+)
+from .events import Event, Signal
+from .function import Function
+from .messages import Request, Response
+from .options import (
     Batch,
     Cancel,
     Concurrency,
@@ -18,23 +36,8 @@ from .config import (
     TriggerCron,
     TriggerEvent,
 )
-from .context import Context, SyncContext
-from .errors import (
-    ConfigError,
-    DurableError,
-    FunctionNotFoundError,
-    NestedStepError,
-    NonDeterminismError,
-    NonRetriableError,
-    RetryAfterError,
-    SerializationError,
-    SignatureError,
-    StepError,
-)
-from .events import Event, Signal
-from .function import Durable, Function, RunFailedError
-from .serve import Request, Response, ServeHandler
-from .workflow import CallResponse, SyncWorkflowContext, WorkflowContext
+from .routes import CallResponse, SyncWorkflowContext, WorkflowContext
+from .serve import ServeHandler
 
 __all__ = [
     "Batch",

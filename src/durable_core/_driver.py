@@ -1,4 +1,8 @@
-"""Drivers: run a user function against a `Replay` and say how the request ended."""
+"""Drivers: run a user function against a `Replay` and say how the request ended.
+
+A sync function runs to its end (or to a `StopRequest`) in one call; an async one runs as a
+task that `AsyncRunner` watches until it settles. Both end the same way (`_ended`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._engine import EXECUTE, Ops, Replay, StepInfo, _Decision
-from ._steps import StopRequest
+from ._lifecycle import StopRequest
 from .errors import DurableError
 
 _log = logging.getLogger("durable")
@@ -40,6 +44,15 @@ def _final(replay: Replay) -> Outcome | None:
     return result
 
 
+def _ended(replay: Replay, value: Any) -> Outcome:
+    """The function returned `value` (None: it was stopped): the engine's result, else that."""
+    final = _final(replay)
+    if final is not None:
+        return final
+    unreached = replay.unreached_target()
+    return Raised(unreached) if unreached else Returned(value)
+
+
 def run_sync(fn: Callable[[Any], Any], ctx: Any, replay: Replay) -> Outcome:
     try:
         value = fn(ctx)
@@ -47,11 +60,7 @@ def run_sync(fn: Callable[[Any], Any], ctx: Any, replay: Replay) -> Outcome:
         value = None
     except Exception as err:
         return _final(replay) or Raised(err)
-    final = _final(replay)
-    if final is not None:
-        return final
-    unreached = replay.unreached_target()
-    return Raised(unreached) if unreached else Returned(value)
+    return _ended(replay, value)
 
 
 class AsyncRunner:
@@ -107,16 +116,12 @@ class AsyncRunner:
                     break
         finally:
             await self._stop(task)
-        final = _final(replay)
-        if final is not None:
-            return final
         if task.cancelled():
-            return Raised(RuntimeError("the function was cancelled"))
+            return _final(replay) or Raised(RuntimeError("the function was cancelled"))
         err = task.exception()
-        if isinstance(err, StopRequest) or err is None:
-            unreached = replay.unreached_target()
-            return Raised(unreached) if unreached else Returned(task.result() if not err else None)
-        return Raised(err)
+        if err is None or isinstance(err, StopRequest):
+            return _ended(replay, None if err else task.result())
+        return _final(replay) or Raised(err)
 
     async def _stop(self, task: asyncio.Task[Any]) -> None:
         for fut in self._parked.values():

@@ -13,10 +13,10 @@ once; async code: when its tasks stop reporting). `settle` then either picks the
 `step.run` to execute in this request or ends the request with the discovered ops
 (`StepPlanned` for runs found together, plus sleeps, waits and invokes).
 
-The sync and async step frontends (`_steps.py`) and drivers (`_driver.py`) only differ in
-how they wait; every rule of the protocol lives here. Running several steps in one request
-(checkpointing) fits here too: `complete` would return the memo to continue with instead of
-ending the request.
+The step lifecycle (`_lifecycle.py`), the sync and async step frontends (`_steps.py`) and
+the drivers (`_driver.py`) only differ in how they wait; every rule of the protocol lives
+here. Running several steps in one request (checkpointing) fits here too: `complete` returns
+the memo to continue with instead of ending the request.
 """
 
 from __future__ import annotations
@@ -28,17 +28,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import DurableError, NonDeterminismError, StepError, error_payload
-
-
-class Opcode(enum.StrEnum):
-    STEP_RUN = "StepRun"
-    STEP_ERROR = "StepError"
-    STEP_FAILED = "StepFailed"
-    STEP_PLANNED = "StepPlanned"
-    SLEEP = "Sleep"
-    WAIT_FOR_EVENT = "WaitForEvent"
-    WAIT_FOR_SIGNAL = "WaitForSignal"
-    INVOKE = "InvokeFunction"
+from .protocol import Opcode
+from .types import JSONObject
 
 
 def hash_step_id(step_id: str) -> str:
@@ -57,8 +48,8 @@ class StepInfo:
     opts: dict[str, Any] | None = None
     in_parallel: bool = False
 
-    def to_op(self, op: Opcode | None = None, **extra: Any) -> dict[str, Any]:
-        wire: dict[str, Any] = {
+    def to_op(self, op: Opcode | None = None, **extra: Any) -> JSONObject:
+        wire: JSONObject = {
             "id": self.hashed,
             "op": (op or self.op).value,
             "name": self.name,
@@ -91,7 +82,7 @@ Decision = Memo | _Decision
 class Ops:
     """The request ends with these opcodes (HTTP 206)."""
 
-    ops: list[dict[str, Any]]
+    ops: list[JSONObject]
 
 
 def _parse_memo(raw: object) -> Memo:

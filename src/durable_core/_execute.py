@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import inspect
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -15,19 +16,13 @@ from . import _serialize
 from ._driver import AsyncRunner, Outcome, Raised, Returned, run_sync
 from ._durations import to_iso_utc
 from ._engine import Ops, Replay
-from ._steps import (
-    AsyncCheckpoint,
-    AsyncSender,
-    Step,
-    SyncCheckpoint,
-    SyncCheckpoints,
-    SyncSender,
-    SyncStep,
-)
+from ._steps import Checkpoints, Step, SyncCheckpoints, SyncStep
 from .context import Context, ReplayAwareLogger, SyncContext
 from .errors import DurableError, RetryAfterError, SerializationError, error_payload
 from .events import Event
-from .function import Function, Handler, is_async
+from .function import Function
+from .protocol import Header
+from .types import AsyncSender, Handler, JSONObject, SyncSender
 
 T = TypeVar("T")
 
@@ -60,15 +55,24 @@ class ExecutionRequest(pydantic.BaseModel):
         return {} if value is None else value
 
 
+def is_async(handler: Handler) -> bool:
+    """Whether `handler` (or the function a `functools.partial` wraps) is `async def`."""
+    target: Any = handler
+    while hasattr(target, "func"):
+        target = target.func
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004
+    )
+
+
 def _replay(
     fn: Function[Any], handler: Handler, req: ExecutionRequest, target: str | None, checkpoint: bool
 ) -> Replay:
-    default_attempts = fn.options.retries + 1 if handler is fn.handler else 1
     return Replay(
         req.steps,
         target=target,
         attempt=req.ctx.attempt,
-        max_attempts=req.ctx.max_attempts or default_attempts,
+        max_attempts=req.ctx.max_attempts or fn.attempts_of(handler),
         disable_immediate_execution=req.ctx.disable_immediate_execution,
         checkpoint=checkpoint,
     )
@@ -92,7 +96,7 @@ async def execute_async(
     req: ExecutionRequest,
     target: str | None,
     sender: AsyncSender,
-    checkpoint: AsyncCheckpoint | None = None,
+    checkpoint: Checkpoints | None = None,
 ) -> Outcome:
     replay = _replay(fn, handler, req, target, checkpoint is not None)
     runner = AsyncRunner(replay)
@@ -106,7 +110,7 @@ def execute_sync(
     req: ExecutionRequest,
     target: str | None,
     sender: SyncSender,
-    checkpoint: SyncCheckpoint | None = None,
+    checkpoint: SyncCheckpoints | None = None,
 ) -> Outcome:
     replay = _replay(fn, handler, req, target, checkpoint is not None)
     step = SyncStep(replay, fn.app.app_id, sender, checkpoint)
@@ -121,7 +125,7 @@ async def execute(
     *,
     sender: AsyncSender,
     sync_sender: SyncSender,
-    checkpoint: AsyncCheckpoint | None = None,
+    checkpoint: Checkpoints | None = None,
 ) -> Outcome:
     """Run one request from async code; sync handlers run in a worker thread.
 
@@ -130,12 +134,12 @@ async def execute(
     """
     if is_async(handler):
         return await execute_async(fn, handler, req, target, sender, checkpoint)
-    sync_checkpoint: SyncCheckpoint | None = None
+    sync_checkpoint: SyncCheckpoints | None = None
     if checkpoint is not None:
         loop = asyncio.get_running_loop()
         hooks = checkpoint
 
-        async def record(op: dict[str, Any]) -> None:
+        async def record(op: JSONObject) -> None:
             await hooks.record(op)
 
         async def flush() -> None:
@@ -213,7 +217,7 @@ def to_wire(fn: Function[Any], outcome: Outcome) -> Wire:
     failure = outcome.error
     headers: dict[str, str] = {}
     if isinstance(failure, DurableError) and not failure.retriable:
-        headers["x-inngest-no-retry"] = "true"
+        headers[Header.NO_RETRY] = "true"
     if isinstance(failure, RetryAfterError):
-        headers["retry-after"] = to_iso_utc(failure.retry_at.astimezone(_dt.UTC))
+        headers[Header.RETRY_AFTER] = to_iso_utc(failure.retry_at.astimezone(_dt.UTC))
     return Wire(status=500, body=error_payload(failure), headers=headers)

@@ -1,23 +1,34 @@
-"""Errors raised by durable and by user code to steer retries.
+"""Every error durable raises, and the ones user code raises to steer retries.
 
-    DurableError                 code, retriable
-    ├── NonRetriableError        fail the run now, no more attempts
-    │   ├── SerializationError   a value cannot be stored as JSON
-    │   ├── NestedStepError      a step was called inside another step
-    │   └── NonDeterminismError  replay met steps the stored history does not know
-    ├── RetryAfterError          retry, but not before `after`
-    ├── StepError                a step failed for good; user code may catch it
-    ├── ConfigError              bad options or environment
-    ├── SignatureError           a request's signature is missing, forged or stale
-    └── FunctionNotFoundError    no function with that id is served here
+    DurableError                   code, retriable
+    ├── NonRetriableError          fail the run now, no more attempts
+    │   ├── SerializationError     a value cannot be stored as JSON
+    │   ├── NestedStepError        a step was called inside another step
+    │   └── NonDeterminismError    replay met steps the stored history does not know
+    ├── RetryAfterError            retry, but not before `after`
+    ├── StepError                  a step failed for good; user code may catch it
+    ├── ConfigError                bad options or environment
+    │   └── StoreLockedError       another process owns this SQLite file
+    ├── SignatureError             a request's signature is missing, forged or stale
+    ├── FunctionNotFoundError      no function with that id is registered
+    ├── RunFailedError             an invoked run failed or was cancelled
+    ├── WaitTimeoutError           an invoked run did not finish within the wait (a TimeoutError)
+    ├── RunCancelledError          a step finished for a run that has already ended
+    └── HarnessError               a test run misses a stub, or never ends
 
-Every message says what to do about it.
+`code` is the machine-readable name sent in error payloads; `retriable` says whether the
+orchestrator may try the request again. Every message says what to do about it.
+
+`RunErrorName` and `run_error` are the errors the orchestrator records on runs and steps;
+`ServeErrorCode` names the serve handler's own error answers. Their values are wire values.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import enum
 import traceback
+from typing import Any
 
 from ._durations import DurationLike, to_timedelta
 
@@ -91,13 +102,55 @@ class ConfigError(DurableError):
     retriable = False
 
 
+class StoreLockedError(ConfigError):
+    """Another process owns this SQLite file."""
+
+    code = "store_locked"
+
+
 class SignatureError(DurableError):
     code = "sig_verification_failed"
     retriable = False
 
 
 class FunctionNotFoundError(DurableError):
+    """No function with that id is registered (with the orchestrator, or served here)."""
+
     code = "function_not_found"
+
+
+class RunFailedError(DurableError):
+    """An invoked run failed or was cancelled; `error` is its error payload."""
+
+    code = "run_failed"
+    retriable = False
+
+    def __init__(self, run_id: str, status: str, error: dict[str, Any]) -> None:
+        super().__init__(
+            f"run {run_id} {status}: {error.get('name', 'Error')}: {error.get('message', '')}"
+        )
+        self.run_id = run_id
+        self.status = status
+        self.error = error
+
+
+class WaitTimeoutError(DurableError, TimeoutError):
+    """An invoked run did not finish within the `timeout` the caller waited for."""
+
+    code = "wait_timeout"
+
+
+class RunCancelledError(DurableError):
+    """A step finished for a run that was cancelled or has ended; its request stops."""
+
+    code = "run_cancelled"
+
+
+class HarnessError(DurableError):
+    """The test set-up misses a stub, or the function never ends; the message says what to pass."""
+
+    code = "harness_setup_invalid"
+    retriable = False
 
 
 def error_payload(err: BaseException) -> dict[str, object]:
@@ -107,3 +160,63 @@ def error_payload(err: BaseException) -> dict[str, object]:
     stack = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     code = err.code if isinstance(err, DurableError) else "unknown"
     return {"code": code, "message": str(err), "name": type(err).__name__, "stack": stack}
+
+
+# -- wire names of errors that are not exceptions ------------------------------------------
+
+
+class RunErrorName(enum.StrEnum):
+    """The `name` of an error the orchestrator records on a run or a step."""
+
+    FUNCTION_NOT_FOUND = "FunctionNotFound"
+    INVOKE_TIMEOUT = "InvokeTimeout"
+    SIGNAL_CONFLICT = "SignalConflict"
+    UNSUPPORTED_OPCODE = "UnsupportedOpcode"
+    INVALID_RESPONSE = "InvalidResponse"
+    RUN_CANCELLED = "RunCancelled"
+
+
+def run_error(name: RunErrorName, message: str, *, with_stack: bool = True) -> dict[str, Any]:
+    """An error result the orchestrator records: `{"name", "message", "stack": None}`.
+
+    `with_stack=False` leaves out the `stack` key, as a cancelled child's error does.
+    """
+    error: dict[str, Any] = {"name": str(name), "message": message}
+    if with_stack:
+        error["stack"] = None
+    return error
+
+
+class ServeErrorCode(enum.StrEnum):
+    """The `name` and `code` of the serve handler's own error answers."""
+
+    FUNCTION_NOT_FOUND = FunctionNotFoundError.code
+    UNAUTHORIZED = "unauthorized"
+    BODY_INVALID = "body_invalid"
+    QUERY_PARAM_MISSING = "query_param_missing"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    REGISTRATION_FAILED = "registration_failed"
+    INTERNAL_ERROR = "internal_error"
+
+
+__all__ = [
+    "ConfigError",
+    "DurableError",
+    "FunctionNotFoundError",
+    "HarnessError",
+    "NestedStepError",
+    "NonDeterminismError",
+    "NonRetriableError",
+    "RetryAfterError",
+    "RunCancelledError",
+    "RunErrorName",
+    "RunFailedError",
+    "SerializationError",
+    "ServeErrorCode",
+    "SignatureError",
+    "StepError",
+    "StoreLockedError",
+    "WaitTimeoutError",
+    "error_payload",
+    "run_error",
+]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeAlias
 
 import pydantic
 
@@ -48,3 +49,16 @@ class Signal(pydantic.BaseModel):
 
     signal: str
     data: Any = None
+
+
+Events: TypeAlias = Event | dict[str, Any] | Sequence[Event | dict[str, Any]]
+"""One event or several, as `Event` objects or plain dicts."""
+
+
+def as_events(events: Events) -> list[Event]:
+    """The events of `events` as a list of validated `Event` objects."""
+    items = [events] if isinstance(events, Event | dict) else list(events)
+    return [e if isinstance(e, Event) else Event.model_validate(e) for e in items]
+
+
+__all__ = ["Event", "Events", "Signal", "as_events"]

@@ -21,39 +21,27 @@ import httpx
 import pydantic
 
 from . import signing
-from ._driver import Raised
-from ._execute import (
-    ExecutionRequest,
-    execute,
-    execute_blocking,
-    to_wire,
-)
-from ._steps import AsyncSender, SyncSender
-from .errors import ConfigError, SignatureError
+from ._driver import Outcome, Raised
+from ._execute import ExecutionRequest, execute, execute_blocking, to_wire
+from .app import Durable
+from .errors import ConfigError, ServeErrorCode, SignatureError
 from .events import Event
-from .function import SDK_NAME, SDK_VERSION, Durable, Function, Handler
+from .function import Function
+from .messages import Request, Response, json_response
+from .protocol import (
+    CAPABILITIES,
+    INTROSPECTION_SCHEMA,
+    REGISTRATION_VERSION,
+    REQUEST_VERSION,
+    SDK_ID,
+    SDK_LANGUAGE,
+    SDK_VERSION,
+    Header,
+)
+from .types import AsyncSender, Handler, SyncSender
 
 _log = logging.getLogger("durable")
 DEFAULT_SERVE_PATH = "/api/durable"
-
-
-@dataclasses.dataclass(slots=True)
-class Request:
-    method: str
-    body: bytes
-    headers: Mapping[str, str]
-    query: Mapping[str, str]
-    url: str
-
-
-@dataclasses.dataclass(slots=True)
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
 
 
 @dataclasses.dataclass(slots=True)
@@ -72,12 +60,8 @@ class _Sync:
     query: Mapping[str, str]
 
 
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(status, dict(headers or {}), json.dumps(body).encode())
-
-
-def _error(status: int, name: str, message: str, **extra: str) -> Response:
-    return _json(status, {"name": name, "message": message, "code": name}, extra)
+def _error(status: int, name: ServeErrorCode, message: str, **extra: str) -> Response:
+    return json_response(status, {"name": str(name), "message": message, "code": str(name)}, extra)
 
 
 class ServeHandler:
@@ -121,7 +105,7 @@ class ServeHandler:
     def _crashed(self, err: Exception) -> Response:
         _log.exception("the serve handler failed")
         msg = f"internal error in the durable serve handler: {type(err).__name__}: {err}"
-        return self._finish(_error(500, "internal_error", msg), None)
+        return self._finish(_error(500, ServeErrorCode.INTERNAL_ERROR, msg), None)
 
     async def _handle(self, req: Request) -> Response:
         plan = self._begin(req)
@@ -159,7 +143,9 @@ class ServeHandler:
         if method == "POST":
             return self._execution(req, headers)
         return _error(
-            405, "method_not_allowed", f"{method} is not served here: use GET, PUT or POST"
+            405,
+            ServeErrorCode.METHOD_NOT_ALLOWED,
+            f"{method} is not served here: use GET, PUT or POST",
         )
 
     def _verify(self, req: Request, headers: Mapping[str, str]) -> str | None:
@@ -167,26 +153,26 @@ class ServeHandler:
         if self.durable.dev:
             return None
         keys = [self.durable.signing_key, self.durable.signing_key_fallback]
-        return signing.verify(req.body, headers.get("x-inngest-signature"), keys)
+        return signing.verify(req.body, headers.get(Header.SIGNATURE), keys)
 
     def _introspect(self, req: Request, headers: Mapping[str, str]) -> Response:
         d = self.durable
         body: dict[str, Any] = {
-            "schema_version": "2024-05-24",
+            "schema_version": INTROSPECTION_SCHEMA,
             "function_count": sum(1 + (f.on_failure is not None) for f in d.functions),
             "has_event_key": d.event_key is not None,
             "has_signing_key": d.signing_key is not None,
             "has_signing_key_fallback": d.signing_key_fallback is not None,
             "mode": "dev" if d.dev else "cloud",
         }
-        if not d.dev and headers.get("x-inngest-signature"):
+        if not d.dev and headers.get(Header.SIGNATURE):
             try:
                 self._verify(req, headers)
             except SignatureError:
                 body["authentication_succeeded"] = False
             else:
                 body.update(self._authenticated_details(req))
-        return _json(200, body)
+        return json_response(200, body)
 
     def _authenticated_details(self, req: Request) -> dict[str, Any]:
         d = self.durable
@@ -196,7 +182,7 @@ class ServeHandler:
             "api_origin": d.orchestrator_url,
             "event_api_origin": d.orchestrator_url,
             "framework": self.framework,
-            "sdk_language": "py",
+            "sdk_language": SDK_LANGUAGE,
             "sdk_version": SDK_VERSION,
             "serve_origin": d.serve_origin,
             "serve_path": self.serve_path,
@@ -208,7 +194,7 @@ class ServeHandler:
                 if d.signing_key_fallback
                 else None
             ),
-            "capabilities": {"in_band_sync": "v1", "trust_probe": "v1"},
+            "capabilities": dict(CAPABILITIES),
         }
 
     def _serve_url(self, req: Request) -> str:
@@ -219,15 +205,19 @@ class ServeHandler:
 
     def _sync(self, req: Request, headers: Mapping[str, str]) -> Response | _Sync:
         key = None
-        if headers.get("x-inngest-sync-kind") == "in_band" and not self.durable.dev:
+        if headers.get(Header.SYNC_KIND) == "in_band" and not self.durable.dev:
             try:
                 key = self._verify(req, headers)
             except SignatureError as err:
-                return _error(401, "unauthorized", f"in-band sync needs a signed request: {err}")
+                return _error(
+                    401, ServeErrorCode.UNAUTHORIZED, f"in-band sync needs a signed request: {err}"
+                )
             try:
                 url = json.loads(req.body or b"{}").get("url") or self._serve_url(req)
             except (ValueError, AttributeError):
-                return _error(400, "body_invalid", "in-band sync body must be a JSON object")
+                return _error(
+                    400, ServeErrorCode.BODY_INVALID, "in-band sync body must be a JSON object"
+                )
             functions = self.function_configs(url)
             inspection = {**self._authenticated_details(req), "function_count": len(functions)}
             body = {
@@ -238,24 +228,28 @@ class ServeHandler:
                 "inspection": inspection,
                 "platform": None,
                 "sdk_author": "durable",
-                "sdk_language": "py",
+                "sdk_language": SDK_LANGUAGE,
                 "sdk_version": SDK_VERSION,
                 "url": url,
             }
-            return self._finish(_json(200, body, {"x-inngest-sync-kind": "in_band"}), key)
+            return self._finish(json_response(200, body, {Header.SYNC_KIND: "in_band"}), key)
         return _Sync(key=None, url=self._serve_url(req), query=req.query)
 
     def _execution(self, req: Request, headers: Mapping[str, str]) -> Response | _Execution:
         try:
             key = self._verify(req, headers)
         except SignatureError as err:
-            return _error(401, "unauthorized", str(err))
+            return _error(401, ServeErrorCode.UNAUTHORIZED, str(err))
         if req.query.get("probe") == "trust":
-            return self._finish(_json(200, {}), key)
+            return self._finish(json_response(200, {}), key)
         fn_id = req.query.get("fnId")
         if not fn_id:
             return self._finish(
-                _error(400, "query_param_missing", "missing query parameter fnId=<function id>"),
+                _error(
+                    400,
+                    ServeErrorCode.QUERY_PARAM_MISSING,
+                    "missing query parameter fnId=<function id>",
+                ),
                 key,
             )
         found = self.durable.find(fn_id)
@@ -263,7 +257,11 @@ class ServeHandler:
             ids = [i for f in self.durable.functions for i in (f.id, f.failure_id) if i]
             known = ", ".join(sorted(ids)) or "none"
             return self._finish(
-                _error(404, "function_not_found", f"no function {fn_id!r} here (served: {known})"),
+                _error(
+                    404,
+                    ServeErrorCode.FUNCTION_NOT_FOUND,
+                    f"no function {fn_id!r} here (served: {known})",
+                ),
                 key,
             )
         try:
@@ -272,17 +270,17 @@ class ServeHandler:
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
             msg = f"invalid execution request: {where}: {first['msg']}"
-            return self._finish(_error(400, "body_invalid", msg), key)
+            return self._finish(_error(400, ServeErrorCode.BODY_INVALID, msg), key)
         if body.use_api:
             msg = "use_api is not supported: send the events and steps in the request body"
-            return self._finish(_error(400, "body_invalid", msg), key)
+            return self._finish(_error(400, ServeErrorCode.BODY_INVALID, msg), key)
         step_id = req.query.get("stepId")
         target = None if step_id in (None, "", "step") else step_id
         return _Execution(found[0], found[1], body, target, key)
 
     # -- responses ----------------------------------------------------------------------------
 
-    def _outcome(self, plan: _Execution, outcome: Any) -> Response:
+    def _outcome(self, plan: _Execution, outcome: Outcome) -> Response:
         if isinstance(outcome, Raised):
             _log.error(
                 "function %s (run %s) failed: %s: %s",
@@ -292,16 +290,16 @@ class ServeHandler:
                 outcome.error,
             )
         wire = to_wire(plan.fn, outcome)
-        return _json(wire.status, wire.body, wire.headers)
+        return json_response(wire.status, wire.body, wire.headers)
 
     def _finish(self, res: Response, key: str | None) -> Response:
         res.headers.setdefault("content-type", "application/json")
-        res.headers["x-inngest-sdk"] = f"{SDK_NAME}:v{SDK_VERSION}"
-        res.headers["x-inngest-req-version"] = "2"
-        res.headers["x-inngest-framework"] = self.framework
-        res.headers["x-inngest-sdk-handled"] = "true"
-        if key is not None and "x-inngest-signature" not in res.headers:
-            res.headers["x-inngest-signature"] = signing.sign(res.body, key)
+        res.headers[Header.SDK] = SDK_ID
+        res.headers[Header.REQ_VERSION] = str(REQUEST_VERSION)
+        res.headers[Header.FRAMEWORK] = self.framework
+        res.headers[Header.SDK_HANDLED] = "true"
+        if key is not None and Header.SIGNATURE not in res.headers:
+            res.headers[Header.SIGNATURE] = signing.sign(res.body, key)
         return res
 
     # -- registration -------------------------------------------------------------------------
@@ -314,10 +312,10 @@ class ServeHandler:
             "appname": self.durable.app_id,
             "deploy_type": "ping",
             "framework": self.framework,
-            "sdk": f"{SDK_NAME}:v{SDK_VERSION}",
+            "sdk": SDK_ID,
             "url": serve_url,
-            "v": "0.1",
-            "capabilities": {"in_band_sync": "v1", "trust_probe": "v1"},
+            "v": REGISTRATION_VERSION,
+            "capabilities": dict(CAPABILITIES),
             "functions": self.function_configs(serve_url),
         }
 
@@ -327,7 +325,7 @@ class ServeHandler:
             url += "?" + urllib.parse.urlencode({"deployId": plan.query["deployId"]})
         headers = {
             "content-type": "application/json",
-            "x-inngest-sdk": f"{SDK_NAME}:v{SDK_VERSION}",
+            Header.SDK: SDK_ID,
         }
         if self.durable.signing_key:
             headers["authorization"] = (
@@ -336,18 +334,18 @@ class ServeHandler:
         return url, self.registration_body(plan.url), headers
 
     def _registered(self, url: str, res: httpx.Response | Exception) -> Response:
-        sync_kind = {"x-inngest-sync-kind": "out_of_band"}
+        sync_kind = {Header.SYNC_KIND: "out_of_band"}
         if isinstance(res, Exception):
             msg = (
                 f"could not reach the orchestrator at {url} ({res}); start it (`durable dev`) or "
                 "set DURABLE_ORCHESTRATOR_URL"
             )
-            return _error(502, "registration_failed", msg, **sync_kind)
+            return _error(502, ServeErrorCode.REGISTRATION_FAILED, msg, **sync_kind)
         try:
             body = res.json()
         except ValueError:
             body = {"error": res.text}
-        return _json(res.status_code, body, sync_kind)
+        return json_response(res.status_code, body, sync_kind)
 
     async def _sync_out_of_band(self, plan: _Sync) -> Response:
         url, body, headers = self._registration(plan)

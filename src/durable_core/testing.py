@@ -36,22 +36,18 @@ import pydantic
 
 from ._driver import Outcome
 from ._durations import to_timedelta
-from ._engine import Opcode, Ops
+from ._engine import Ops
 from ._execute import ExecutionRequest, execute, execute_blocking, to_wire
 from ._serialize import to_json_value
-from .config import TriggerCron
-from .errors import error_payload
+from .errors import HarnessError, error_payload
 from .events import Event
-from .function import FAILED_EVENT, Function, Handler
+from .function import Function
+from .options import TriggerCron
+from .protocol import Header, Opcode, SystemEvent, execution_request
+from .types import Handler
 
-INVOKED_EVENT = "inngest/function.invoked"
-SCHEDULED_EVENT = "inngest/scheduled.timer"
 Stubs = Mapping[str, Any]
 EventLike = Event | Mapping[str, Any]
-
-
-class HarnessError(Exception):
-    """The test set-up misses a stub, or the function never ends; the message says what to pass."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -122,7 +118,7 @@ def _stub_memo(value: object, what: str) -> dict[str, Any]:
 def _default_event(fn: Function[Any]) -> Event:
     trigger = fn.options.triggers[0]
     if isinstance(trigger, TriggerCron):
-        return Event(name=SCHEDULED_EVENT, data={"cron": trigger.cron})
+        return Event(name=SystemEvent.SCHEDULED_TIMER, data={"cron": trigger.cron})
     return Event(name=trigger.event)
 
 
@@ -135,7 +131,7 @@ class _Run:
     ) -> None:  # fmt: skip
         self.fn, self.handler, self.event, self.run_id = fn, handler, event, run_id
         self.stubs, self.max_requests = stubs, max_requests
-        self.max_attempts = fn.options.retries + 1 if handler is fn.handler else 1
+        self.max_attempts = fn.attempts_of(handler)
         self.memos: dict[str, Any] = {}
         self.records: list[StepRecord] = []
         self.sleeps: list[SleepRecord] = []
@@ -168,16 +164,11 @@ class _Run:
             self.after_batch = False
         target, attempt, flag = self.last
         self.requests += 1
-        event = self.event.to_wire()
-        body = {
-            "event": event, "events": [event], "steps": copy.deepcopy(self.memos),
-            "ctx": {
-                "run_id": self.run_id, "fn_id": self.fn.id, "attempt": attempt,
-                "max_attempts": self.max_attempts, "disable_immediate_execution": flag,
-                "stack": {"stack": list(self.memos), "current": len(self.memos)},
-            },
-            "use_api": False, "version": 2,
-        }  # fmt: skip
+        body = execution_request(
+            run_id=self.run_id, fn_id=self.fn.id, events=[self.event.to_wire()],
+            memos=copy.deepcopy(self.memos), attempt=attempt, max_attempts=self.max_attempts,
+            disable_immediate_execution=flag,
+        )  # fmt: skip
         return ExecutionRequest.model_validate(body), target
 
     def send(self, events: list[Event]) -> list[str]:
@@ -199,7 +190,7 @@ class _Run:
             wire = to_wire(self.fn, outcome)
             if wire.status == 200:
                 self.final = self._result("completed", wire.body, None)
-            elif "x-inngest-no-retry" in wire.headers or attempt + 1 >= self.max_attempts:
+            elif Header.NO_RETRY in wire.headers or attempt + 1 >= self.max_attempts:
                 self.final = self._result("failed", None, wire.body)
             else:
                 self.retry = (target, attempt + 1, flag)
@@ -295,7 +286,7 @@ class _Run:
                 f"{self.fn.app.app_id!r}: pass invokes={{{uid!r}: <its output>}} to stub it"
             )
         data = (opts.get("payload") or {}).get("data") or {}
-        event = Event(name=INVOKED_EVENT, data=data)
+        event = Event(name=SystemEvent.FUNCTION_INVOKED, data=data)
         return _Run(*target, event, f"{self.run_id}-{uid}", self.stubs, self.max_requests)
 
     def adopt(self, op: dict[str, Any], child: RunResult) -> None:
@@ -331,7 +322,7 @@ class _Run:
             "function_id": self.fn.id, "run_id": self.run_id, "error": final.error,
             "event": self.event.to_wire(),
         }  # fmt: skip
-        event = Event(name=FAILED_EVENT, data=data)
+        event = Event(name=SystemEvent.FUNCTION_FAILED, data=data)
         return _Run(
             self.fn, self.fn.on_failure, event, f"{self.run_id}-failure", self.stubs,
             self.max_requests,

@@ -25,11 +25,11 @@ from durable_core import (
     DurableError,
     NonRetriableError,
     RetryAfterError,
+    RunFailedError,
     StepError,
     SyncContext,
     TriggerEvent,
 )
-from durable_core.function import RunFailedError
 
 from .conftest import Harness, StartFactory
 

@@ -18,7 +18,7 @@ from typing import Any
 import pydantic
 
 from durable_core import Context, Durable, NonRetriableError, SyncContext, TriggerEvent
-from durable_core.workflow import SyncWorkflowContext, WorkflowContext
+from durable_core.routes import SyncWorkflowContext, WorkflowContext
 
 MODES = ["async", "sync"]
 SHORT = "150ms"  # sleeps and wait timeouts: long enough to be a real timer, short for the suite

@@ -13,7 +13,8 @@ import datetime as _dt
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .._engine import Opcode
+from ..errors import RunErrorName, run_error
+from ..protocol import Header, Opcode, SystemEvent
 from . import expressions, lifecycle
 from .flow_options import duration_ms
 from .ids import new_id
@@ -21,7 +22,6 @@ from .store import HistoryRecord, ItemKind, QueueItem, RunRecord, RunStatus, Wai
 from .transport import CallResult
 from .unit import Unit
 
-INVOKED = "inngest/function.invoked"
 WAIT_DEFAULT_MS = 7 * 24 * 3600 * 1000  # a wait without a timeout
 
 
@@ -38,10 +38,6 @@ def parse_time(text: str) -> int | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=_dt.UTC)
     return int(moment.timestamp() * 1000)
-
-
-def _error(name: str, message: str) -> dict[str, Any]:
-    return {"name": name, "message": message, "stack": None}
 
 
 async def apply(unit: Unit, item: QueueItem, run: RunRecord, res: CallResult, started: int) -> None:
@@ -70,7 +66,9 @@ async def _function_error(
         "stack": body.get("stack"),
     }
     if res.status == 206:
-        error = _error("InvalidResponse", f"206 without opcodes: {str(res.body)[:500]}")
+        error = run_error(
+            RunErrorName.INVALID_RESPONSE, f"206 without opcodes: {str(res.body)[:500]}"
+        )
     # A failed attempt of the whole request is part of the run's story too.
     step = item.step or "function"
     name = "(function)" if item.step is None else step
@@ -81,12 +79,12 @@ async def _function_error(
     )
     fn = unit.functions.get(run.fn_id)
     max_attempts = (fn.retries if fn else 0) + 1
-    no_retry = res.headers.get("x-inngest-no-retry") == "true" or (res.status == 404 and fn is None)
+    no_retry = res.headers.get(Header.NO_RETRY) == "true" or (res.status == 404 and fn is None)
     if no_retry or item.attempt + 1 >= max_attempts:
         await lifecycle.finish(unit, run, RunStatus.FAILED, error=error)
         return
     when = now_ms() + lifecycle.delay_ms(unit, item.attempt)
-    retry_after = res.headers.get("retry-after")
+    retry_after = res.headers.get(Header.RETRY_AFTER)
     if retry_after:
         at = parse_time(retry_after)
         if at is None and retry_after.strip().isdigit():
@@ -196,7 +194,9 @@ async def _wait_for_signal(a: _Answer, op: _Op) -> None:
     await a.history(op.step, op.name, op.kind)
     replace = op.opts.get("conflict") != "fail"
     if not await a.unit.tx.add_signal(signal, a.run.run_id, op.step, replace):
-        err = _error("SignalConflict", f"another run already waits for signal {signal!r}")
+        err = run_error(
+            RunErrorName.SIGNAL_CONFLICT, f"another run already waits for signal {signal!r}"
+        )
         a.immediate.append((op.step, {"error": err}))
         return
     a.waiting.append(op.step)
@@ -211,15 +211,25 @@ async def _invoke(a: _Answer, op: _Op) -> None:
     fn_id = str(op.opts.get("function_id") or "")
     fn = a.unit.functions.get(fn_id)
     if fn is None:
-        err = _error("FunctionNotFound", f"cannot invoke {fn_id!r}: no such function is registered")
+        err = run_error(
+            RunErrorName.FUNCTION_NOT_FOUND,
+            f"cannot invoke {fn_id!r}: no such function is registered",
+        )
         a.immediate.append((op.step, {"error": err}))
         return
     payload = op.opts.get("payload") or {}
-    event = {"name": INVOKED, "data": payload.get("data") or {}, "id": new_id(), "ts": now_ms()}
+    event = {
+        "name": SystemEvent.FUNCTION_INVOKED,
+        "data": payload.get("data") or {},
+        "id": new_id(),
+        "ts": now_ms(),
+    }
     child = await lifecycle.start_run(a.unit, fn, [event], parent=(a.run.run_id, op.step))
     timeout = op.opts.get("timeout")
     if timeout:
-        err = _error("InvokeTimeout", f"invoked function {fn_id} did not finish within {timeout}")
+        err = run_error(
+            RunErrorName.INVOKE_TIMEOUT, f"invoked function {fn_id} did not finish within {timeout}"
+        )
         await a.timer(op.step, now_ms() + _ms(timeout, 0), {"memo": {"error": err}})
     a.waiting.append(op.step)
     a.reasons.append(f"waiting for invoked run {child} of {fn_id}")
@@ -233,7 +243,7 @@ async def _unsupported(a: _Answer, op: _Op) -> None:
     await a.unit.tx.add_history(rec)
     message = f"the SDK sent opcode {op.kind!r}, which this orchestrator does not support"
     await lifecycle.finish(
-        a.unit, a.run, RunStatus.FAILED, error=_error("UnsupportedOpcode", message)
+        a.unit, a.run, RunStatus.FAILED, error=run_error(RunErrorName.UNSUPPORTED_OPCODE, message)
     )
     a.failed = True
 

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import RunCancelledError
 from .store import FunctionRecord, HistoryRecord, QueueItem, Store, now_ms
 from .watch import Watchers
-
-
-class RunCancelledError(Exception):
-    """A checkpoint arrived for a run that was cancelled; the request stops."""
 
 
 class StepBuffer:

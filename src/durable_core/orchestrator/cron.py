@@ -14,8 +14,6 @@ from croniter import croniter
 
 from ..errors import ConfigError
 
-TIMER_EVENT = "inngest/scheduled.timer"
-
 
 def parse(spec: str) -> tuple[str, _dt.tzinfo]:
     """The expression and its time zone (UTC unless `TZ=...` says otherwise)."""

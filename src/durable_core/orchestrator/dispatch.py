@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .._steps import Checkpoints
+from ..protocol import execution_request
 from . import answers, claiming, intake, lifecycle, timers
 from .checkpoints import StepBuffer
 from .registry import Registry
@@ -199,7 +200,7 @@ class Dispatcher:
         self, fn: FunctionRecord, item: QueueItem, run: RunRecord, memos: dict[str, Any]
     ) -> None:
         started = now_ms()
-        request = request_body(run, item, memos, fn.retries)
+        request = _request_body(run, item, memos, fn.retries)
         steps = StepBuffer(self.store, self.watchers, item, fn)
         result = await self._call(fn, item, request, steps)
         if steps.count:  # steps were checkpointed: the answer reports a later step's attempt
@@ -265,23 +266,18 @@ class Dispatcher:
             self.watchers.settled(run.run_id)
 
 
-def request_body(
+def _request_body(
     run: RunRecord, item: QueueItem, memos: dict[str, Any], retries: int
 ) -> dict[str, Any]:
     """The execution request for `item` of `run` (PROTOCOL.md section 4)."""
-    die = bool(item.payload and item.payload.get("disable_immediate_execution"))
-    return {
-        "event": run.events[0],
-        "events": run.events,
-        "steps": memos,
-        "ctx": {
-            "run_id": run.run_id,
-            "fn_id": run.fn_id,
-            "attempt": item.attempt,
-            "max_attempts": retries + 1,
-            "disable_immediate_execution": die,
-            "stack": {"stack": list(memos), "current": len(memos)},
-        },
-        "use_api": False,
-        "version": 2,
-    }
+    return execution_request(
+        run_id=run.run_id,
+        fn_id=run.fn_id,
+        events=run.events,
+        memos=memos,
+        attempt=item.attempt,
+        max_attempts=retries + 1,
+        disable_immediate_execution=bool(
+            item.payload and item.payload.get("disable_immediate_execution")
+        ),
+    )

@@ -32,9 +32,10 @@ from typing import Any, TypeVar
 from starlette.types import Receive, Scope, Send
 
 from .._execute import run_coroutine_blocking
-from ..errors import DurableError
+from ..app import Durable
+from ..errors import DurableError, FunctionNotFoundError
 from ..events import Event
-from ..function import Durable
+from ..protocol import SDK_NAME
 from . import local_socket
 from .api import Api, run_json
 from .service import DEFAULT_BACKOFF, FAST_BACKOFF, Orchestrator
@@ -142,7 +143,7 @@ class Embedded:
             {
                 "appname": self.durable.app_id,
                 "url": url,
-                "sdk": "durable-py",
+                "sdk": SDK_NAME,
                 "framework": "embedded",
                 "functions": configs,
             }
@@ -306,7 +307,7 @@ class Embedded:
         try:
             run_id = await orch.invoke(fn_id, body.get("data") or {})
         except KeyError:
-            raise DurableError(f"no function {fn_id!r} is registered") from None
+            raise FunctionNotFoundError(f"no function {fn_id!r} is registered") from None
         if not body.get("wait"):
             return {"run_id": run_id}
         run = await orch.wait_for_run(run_id, float(body.get("timeout", 30.0)))

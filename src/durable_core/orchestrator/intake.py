@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..events import Event
-from . import admission, cron, expressions, lifecycle, timeouts
+from ..protocol import SystemEvent
+from . import admission, expressions, lifecycle, timeouts
 from .ids import new_id
 from .store import EventRecord, FunctionRecord, RunStatus, now_ms
 from .unit import Unit
@@ -92,6 +93,11 @@ async def fire_cron(unit: Unit, fn: FunctionRecord, spec: str, tick: int) -> boo
     """Start the run of `tick` unless a process did already (or a later tick ran)."""
     if not await unit.tx.advance_key("cron", f"{fn.fn_id}|{spec}", tick):
         return False
-    event = {"name": cron.TIMER_EVENT, "data": {"cron": spec}, "id": new_id(), "ts": tick}
+    event = {
+        "name": SystemEvent.SCHEDULED_TIMER,
+        "data": {"cron": spec},
+        "id": new_id(),
+        "ts": tick,
+    }
     await admit(unit, fn, event)
     return True

@@ -12,18 +12,14 @@ import dataclasses
 import random
 from typing import Any
 
+from ..errors import RunErrorName, run_error
 from ..events import Event
+from ..protocol import SystemEvent
 from . import timeouts
 from .flow_options import request_flow
 from .ids import new_id
 from .store import FunctionRecord, ItemKind, QueueItem, RunRecord, RunStatus, now_ms
 from .unit import Unit
-
-FAILED, FINISHED, CANCELLED = (
-    "inngest/function.failed",
-    "inngest/function.finished",
-    "inngest/function.cancelled",
-)
 
 
 def run_flow(unit: Unit, run: RunRecord) -> dict[str, Any] | None:
@@ -105,11 +101,8 @@ async def resolve(unit: Unit, run_id: str, step: str, memo: Any) -> bool:
 
 async def fail_unregistered(unit: Unit, run: RunRecord) -> None:
     """Fail a run whose function is no longer registered."""
-    error = {
-        "name": "FunctionNotFound",
-        "message": f"function {run.fn_id} is no longer registered; sync its app and rerun",
-        "stack": None,
-    }
+    message = f"function {run.fn_id} is no longer registered; sync its app and rerun"
+    error = run_error(RunErrorName.FUNCTION_NOT_FOUND, message)
     await finish(unit, run, RunStatus.FAILED, error=error)
 
 
@@ -137,11 +130,11 @@ def _system_event(
 ) -> Event:
     data: dict[str, Any] = {"function_id": run.fn_id, "run_id": run.run_id}
     if status is RunStatus.COMPLETED:
-        name, data["output"] = FINISHED, output
+        name, data["output"] = SystemEvent.FUNCTION_FINISHED, output
     elif status is RunStatus.FAILED:
-        name, data["error"] = FAILED, error
+        name, data["error"] = SystemEvent.FUNCTION_FAILED, error
     else:
-        name, data["reason"] = CANCELLED, reason
+        name, data["reason"] = SystemEvent.FUNCTION_CANCELLED, reason
     data["event"] = run.events[0]
     return Event(name=name, data=data)
 
@@ -150,10 +143,11 @@ def _child_memo(status: RunStatus, fields: dict[str, Any]) -> dict[str, Any]:
     """The memo an invoking parent gets for its child's ending."""
     if status is RunStatus.COMPLETED:
         return {"data": fields["output"]}
-    failure = fields["error"] or {
-        "name": "RunCancelled",
-        "message": fields["reason"] or "the invoked run was cancelled",
-    }
+    failure = fields["error"] or run_error(
+        RunErrorName.RUN_CANCELLED,
+        fields["reason"] or "the invoked run was cancelled",
+        with_stack=False,
+    )
     return {
         "error": {
             "name": failure.get("name", "Error"),

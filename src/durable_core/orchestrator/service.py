@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..events import Event
+from ..protocol import SystemEvent
 from . import intake, lifecycle
 from .dispatch import Dispatcher, Limits
 from .registry import Registry
@@ -143,7 +144,7 @@ class Orchestrator:
         fn = self.functions.get(fn_id)
         if fn is None:
             raise KeyError(fn_id)
-        event = {"name": "inngest/function.invoked", "data": data, "ts": now_ms()}
+        event = {"name": SystemEvent.FUNCTION_INVOKED, "data": data, "ts": now_ms()}
         run_id = await self.dispatcher.atomic(lambda unit: lifecycle.start_run(unit, fn, [event]))
         self.wake()
         return run_id

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import StoreLockedError as StoreLockedError
 from . import expressions
 from .store import (
     ENDED_SQL,
@@ -106,10 +106,6 @@ MIGRATIONS: list[str] = [
     CREATE INDEX queue_parked ON queue (parked, rank, id) WHERE parked IS NOT NULL;
     """,
 ]
-
-
-class StoreLockedError(ConfigError):
-    """Another process owns this SQLite file."""
 
 
 class SqliteTx(Tx):

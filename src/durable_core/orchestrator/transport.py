@@ -18,7 +18,9 @@ import rfc8785
 from .. import signing
 from .._execute import ExecutionRequest, execute, to_wire
 from .._steps import Checkpoints
-from ..function import Durable
+from ..app import Durable
+from ..errors import ServeErrorCode
+from ..protocol import Header
 from .store import FunctionRecord
 
 Checkpoint = Checkpoints
@@ -61,10 +63,10 @@ class HttpTransport:
 
     async def call(self, call: Call) -> CallResult:
         fn, body = call.fn, bytes(rfc8785.dumps(call.request))
-        headers = {"content-type": "application/json", "x-inngest-server-kind": "dev"}
+        headers = {"content-type": "application/json", Header.SERVER_KIND: "dev"}
         if self._signing_key:
-            headers["x-inngest-server-kind"] = "cloud"
-            headers["x-inngest-signature"] = signing.sign(body, self._signing_key)
+            headers[Header.SERVER_KIND] = "cloud"
+            headers[Header.SIGNATURE] = signing.sign(body, self._signing_key)
         try:
             url = step_url(fn.url, call.target)
             res = await self._client.post(url, content=body, headers=headers)
@@ -106,7 +108,7 @@ class InProcessTransport:
                 404,
                 {},
                 {
-                    "name": "function_not_found",
+                    "name": ServeErrorCode.FUNCTION_NOT_FOUND,
                     "message": f"{fn.fn_id} is not served in this process",
                 },
             )

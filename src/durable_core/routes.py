@@ -12,19 +12,18 @@ import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 import pydantic
 
 from ._durations import DurationLike
+from .client import Client
 from .context import Context, SyncContext
 from .errors import DurableError, NonRetriableError
 from .events import Event
-
-if TYPE_CHECKING:
-    from .function import Durable, Function
-    from .serve import Request, Response
+from .function import Function
+from .messages import Request, Response, json_response
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -201,22 +200,18 @@ def is_protocol_call(req: Request) -> bool:
     return "fnId" in req.query
 
 
-def _started(run_id: Any) -> Response:
-    from .serve import Response
+_JSON = {"content-type": "application/json"}
 
-    return Response(
-        200, {"content-type": "application/json"}, json.dumps({"workflowRunId": run_id}).encode()
-    )
+
+def _started(run_id: Any) -> Response:
+    return json_response(200, {"workflowRunId": run_id}, _JSON)
 
 
 def _unavailable(err: DurableError) -> Response:
-    from .serve import Response
-
-    body = json.dumps({"error": f"could not start the workflow: {err}"}).encode()
-    return Response(503, {"content-type": "application/json"}, body)
+    return json_response(503, {"error": f"could not start the workflow: {err}"}, _JSON)
 
 
-async def start_async(durable: Durable, fn: Function[Any], req: Request) -> Response:
+async def start_async(durable: Client, fn: Function[Any], req: Request) -> Response:
     """Answer a plain POST to a workflow route: start a run."""
     try:
         run_id = await durable.invoke_async(fn, start_body(req.body, req.headers), wait=False)
@@ -225,7 +220,7 @@ async def start_async(durable: Durable, fn: Function[Any], req: Request) -> Resp
     return _started(run_id)
 
 
-def start_blocking(durable: Durable, fn: Function[Any], req: Request) -> Response:
+def start_blocking(durable: Client, fn: Function[Any], req: Request) -> Response:
     try:
         run_id = durable.invoke(fn, start_body(req.body, req.headers), wait=False)
     except DurableError as err:

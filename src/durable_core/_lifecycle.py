@@ -1,0 +1,202 @@
+"""One step's lifecycle, shared by the async and sync step APIs (`_steps.py`).
+
+declare → report (a stored memo returns at once) → wait for the turn to run → flush earlier
+checkpoints → run the handler → record the result (or the error) with the engine → hand the
+next checkpoint to the orchestrator, or end the request.
+
+`StepLifecycle` does every part that does not wait. The frontends only call the handler and
+wait, each in its own way (`await` or a plain call); see `Step._drive` and `SyncStep._drive`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import datetime as _dt
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from . import _serialize
+from ._durations import DurationLike, format_duration, to_iso_utc, to_timedelta
+from ._engine import Decision, Memo, Replay, StepInfo
+from .errors import NestedStepError, NonRetriableError, RetryAfterError
+from .events import Event, Signal
+from .function import Function
+from .protocol import Opcode
+from .types import JSONObject
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Checkpoints:
+    """How an in-process orchestrator keeps the steps a request runs one after another.
+
+    `record(op)`: a step finished (its StepRun op, plus `started_at` in ms); `flush()`: a step
+    is about to run, so what was recorded must be durable now. What is still recorded when the
+    request ends is stored with its answer, in the same transaction.
+    """
+
+    record: Callable[[JSONObject], Awaitable[None]]
+    flush: Callable[[], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SyncCheckpoints:
+    """`Checkpoints` for sync functions."""
+
+    record: Callable[[JSONObject], None]
+    flush: Callable[[], None]
+
+
+_running_step: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar(
+    "durable_running_step", default=None
+)
+explicit_parallel: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "durable_explicit_parallel", default=False
+)
+
+
+class StopRequest(BaseException):
+    """Ends the request once the engine has decided its result. Not catchable by `except Exception`."""
+
+
+class Execution:
+    """One run of a step's handler: `with execution: execution.returned(handler(...))`.
+
+    Leaving the block records the outcome with the engine: the output (`returned`), an error
+    that decides the run (`abort`), or a retriable error (`fail`). Afterwards `checkpointed`
+    holds the memo to go on with and the op to record when the step was checkpointed;
+    otherwise the request ends.
+    """
+
+    def __init__(self, replay: Replay, info: StepInfo) -> None:
+        self._replay = replay
+        self.info = info
+        self.checkpointed: tuple[Memo, JSONObject] | None = None
+        self._token: contextvars.Token[StepInfo | None] | None = None
+        self._started_ms = 0
+
+    def __enter__(self) -> Execution:
+        self._token = _running_step.set(self.info)
+        self._started_ms = int(time.time() * 1000)
+        return self
+
+    def returned(self, output: object) -> None:
+        info = self.info
+        data = _serialize.to_json_value(output, what=f"step {info.user_id!r}")
+        done = self._replay.complete(info, data)
+        if isinstance(done, Memo):  # checkpointing: the function goes on with the memo
+            op = info.to_op(Opcode.STEP_RUN, data=data, started_at=self._started_ms)
+            self.checkpointed = (done, op)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if self._token is not None and _running_step.get() is self.info:
+            _running_step.reset(self._token)
+        if err is None:
+            return False
+        if isinstance(err, NonRetriableError | RetryAfterError):
+            self._replay.abort(err)  # it decides the run: the request ends with it
+            return True
+        if isinstance(err, Exception):
+            if err.__traceback__ is not None:  # drop this frame: the user's code is what matters
+                err.__traceback__ = err.__traceback__.tb_next
+            self._replay.fail(self.info, err)
+            return True
+        return False  # the request is stopping (StopRequest, cancellation): let it
+
+
+class StepLifecycle:
+    """Declares each kind of step, reports it, runs it and restores its stored result."""
+
+    def __init__(self, replay: Replay, app_id: str) -> None:
+        self._replay = replay
+        self._app_id = app_id
+
+    # -- declaring ----------------------------------------------------------------------------
+
+    def _declare(
+        self, step_id: str, op: Opcode, name: str | None = None, opts: dict[str, Any] | None = None
+    ) -> StepInfo:
+        return self._replay.declare(step_id, op, name, opts, explicit_parallel.get())
+
+    def _sleep(self, step_id: str, duration: DurationLike) -> StepInfo:
+        until = _dt.datetime.now(_dt.UTC) + to_timedelta(duration)
+        return self._declare(step_id, Opcode.SLEEP, to_iso_utc(until))
+
+    def _sleep_until(self, step_id: str, until: _dt.datetime) -> StepInfo:
+        if not isinstance(until, _dt.datetime):
+            raise TypeError(f"sleep_until needs a datetime, not {type(until).__name__}")
+        return self._declare(step_id, Opcode.SLEEP, to_iso_utc(until))
+
+    def _wait_event(
+        self, step_id: str, event: str, if_: str | None, timeout: DurationLike
+    ) -> StepInfo:
+        opts = {"if": if_, "timeout": format_duration(timeout)}
+        return self._declare(step_id, Opcode.WAIT_FOR_EVENT, event, opts)
+
+    def _wait_signal(
+        self, step_id: str, signal: str, timeout: DurationLike, on_conflict: str
+    ) -> StepInfo:
+        if on_conflict not in ("replace", "fail"):
+            raise ValueError("on_conflict must be 'replace' or 'fail'")
+        opts = {"signal": signal, "timeout": format_duration(timeout), "conflict": on_conflict}
+        return self._declare(step_id, Opcode.WAIT_FOR_SIGNAL, step_id, opts)
+
+    def _invoke(
+        self,
+        step_id: str,
+        function: Function[Any] | str,
+        data: dict[str, Any] | None,
+        timeout: DurationLike | None,
+    ) -> StepInfo:
+        fn_id = function if isinstance(function, str) else function.local_id
+        opts = {
+            "function_id": f"{self._app_id}-{fn_id}",
+            "payload": {"data": data, "v": None},
+            "timeout": None if timeout is None else format_duration(timeout),
+        }
+        return self._declare(step_id, Opcode.INVOKE, step_id, opts)
+
+    # -- reporting and running ----------------------------------------------------------------
+
+    def _report(self, info: StepInfo) -> Decision:
+        """The engine's decision for a step reaching this point: its memo, run it, or park."""
+        outer = _running_step.get()
+        if outer is not None:
+            # Recorded on the replay too, so user code that swallows it cannot hide it.
+            raise self._replay.abort(
+                NestedStepError(
+                    f"step {info.user_id!r} was called inside step {outer.user_id!r}: steps cannot "
+                    "be nested. Call it from the function body, after the outer step returns."
+                )
+            )
+        return self._replay.report(info)
+
+    def _execution(self, info: StepInfo, handler: Callable[..., Any] | None) -> Execution:
+        """The step's turn to run has come."""
+        if handler is None:
+            raise RuntimeError(f"step {info.user_id!r} cannot be executed in place")
+        return Execution(self._replay, info)
+
+    # -- restoring ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _restore(memo: Memo, tp: Any, info: StepInfo) -> Any:
+        if memo.error is not None:
+            raise memo.error
+        return _serialize.from_json_value(memo.data, tp, what=f"step {info.user_id!r}")
+
+    @staticmethod
+    def _restore_event(memo: Memo) -> Event | None:
+        return None if memo.data is None else Event.model_validate(memo.data)
+
+    @staticmethod
+    def _restore_signal(memo: Memo) -> Signal | None:
+        return None if memo.data is None else Signal.model_validate(memo.data)
+
+    @staticmethod
+    def _invoke_type(function: Function[Any] | str) -> Any:
+        return None if isinstance(function, str) else function.output_type

@@ -1,0 +1,182 @@
+"""`Durable`, the app: it declares the functions and route workflows, and is their client."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pydantic
+
+from . import _serialize, routes
+from .client import Client
+from .errors import ConfigError
+from .function import Function
+from .options import (
+    Batch,
+    Cancel,
+    Concurrency,
+    Debounce,
+    FunctionOptions,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    Timeouts,
+    Trigger,
+    TriggerCron,
+    TriggerEvent,
+)
+from .types import Handler
+
+
+class Durable(Client):
+    """The app: its functions, keys and mode. Arguments win over `DURABLE_*` environment variables.
+
+    - `signing_key` / `DURABLE_SIGNING_KEY`, `signing_key_fallback` / `DURABLE_SIGNING_KEY_FALLBACK`
+    - `event_key` / `DURABLE_EVENT_KEY`
+    - `orchestrator_url` / `DURABLE_ORCHESTRATOR_URL`
+    - `dev` / `DURABLE_DEV`: dev mode skips signature checks; it must be asked for explicitly.
+    """
+
+    def __init__(
+        self,
+        app_id: str,
+        *,
+        signing_key: str | None = None,
+        signing_key_fallback: str | None = None,
+        event_key: str | None = None,
+        orchestrator_url: str | None = None,
+        dev: bool | None = None,
+        serve_origin: str | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        super().__init__(
+            app_id,
+            signing_key=signing_key,
+            event_key=event_key,
+            orchestrator_url=orchestrator_url,
+            dev=dev,
+        )
+        self.signing_key_fallback = (
+            signing_key_fallback or os.environ.get("DURABLE_SIGNING_KEY_FALLBACK") or None
+        )
+        self.serve_origin = serve_origin or os.environ.get("DURABLE_SERVE_ORIGIN") or None
+        self.logger = logger or logging.getLogger("durable")
+        self._functions: dict[str, Function[Any]] = {}
+
+    @property
+    def functions(self) -> list[Function[Any]]:
+        return list(self._functions.values())
+
+    def find(self, fn_id: str) -> tuple[Function[Any], Handler] | None:
+        """The function (and handler: main or on_failure) registered under a full id."""
+        for fn in self._functions.values():
+            handler = fn.handler_for(fn_id)
+            if handler is not None:
+                return fn, handler
+        return None
+
+    def function(
+        self,
+        *,
+        id: str,
+        trigger: Trigger | Sequence[Trigger] | None = None,
+        name: str | None = None,
+        retries: int = 4,
+        concurrency: int | Concurrency | Sequence[Concurrency] | None = None,
+        throttle: Throttle | None = None,
+        rate_limit: RateLimit | None = None,
+        debounce: Debounce | None = None,
+        batch_events: Batch | None = None,
+        cancel: Cancel | Sequence[Cancel] | None = None,
+        priority: Priority | None = None,
+        idempotency: str | None = None,
+        singleton: Singleton | None = None,
+        timeouts: Timeouts | None = None,
+        on_failure: Handler | None = None,
+        output_type: Any = None,
+    ) -> Callable[[Callable[..., Any]], Function[Any]]:
+        """Declare a durable function. Async handlers take a `Context`, sync ones a `SyncContext`."""
+        if trigger is None:
+            raise ConfigError(
+                f"function {id!r} needs a trigger: TriggerEvent('app/event.name') or "
+                "TriggerCron('0 * * * *'); use TriggerEvent with a name you invoke it by if it is "
+                "only invoked"
+            )
+        triggers = [trigger] if isinstance(trigger, TriggerEvent | TriggerCron) else trigger
+        if isinstance(concurrency, int):
+            concurrency = [Concurrency(limit=concurrency)]
+        elif isinstance(concurrency, Concurrency):
+            concurrency = [concurrency]
+        options = _options(
+            id=id,
+            name=name,
+            triggers=list(triggers),
+            retries=retries,
+            concurrency=list(concurrency) if concurrency is not None else None,
+            throttle=throttle,
+            rate_limit=rate_limit,
+            debounce=debounce,
+            batch_events=batch_events,
+            cancel=[cancel] if isinstance(cancel, Cancel) else cancel,
+            priority=priority,
+            idempotency=idempotency,
+            singleton=singleton,
+            timeouts=timeouts,
+        )
+
+        def decorate(handler: Callable[..., Any]) -> Function[Any]:
+            if not callable(handler):
+                raise ConfigError(f"function {id!r}: the decorated object is not callable")
+            if options.id in self._functions:
+                raise ConfigError(
+                    f"function id {options.id!r} is already used in app {self.app_id!r}"
+                )
+            fn: Function[Any] = Function(self, options, handler, on_failure, output_type)
+            self._functions[options.id] = fn
+            return fn
+
+        return decorate
+
+    def workflow(
+        self,
+        path: str,
+        *,
+        id: str | None = None,
+        retries: int = 4,
+        on_failure: Handler | None = None,
+    ) -> Callable[[Callable[..., Any]], Function[Any]]:
+        """Declare a route workflow served at `path` (a handler taking a workflow context).
+
+        Adapters route `path` to it: `@serve.post(path)` (FastAPI, Starlette),
+        `@blueprint.workflow(path)` (Flask), `workflow_view(fn)` (Django).
+        """
+
+        def decorate(handler: Callable[..., Any]) -> Function[Any]:
+            fn_id = id or routes.workflow_id(path)
+            fn = self.function(
+                id=fn_id,
+                trigger=TriggerEvent(f"{routes.WORKFLOW_EVENT}/{fn_id}"),
+                retries=retries,
+                on_failure=on_failure,
+                output_type=_serialize.return_type(handler),
+            )(routes.wrap(handler))
+            fn.route_path = path
+            return fn
+
+        return decorate
+
+
+def _options(**fields: Any) -> FunctionOptions:
+    """Validated options, or a ConfigError naming the first bad field."""
+    try:
+        return FunctionOptions(**fields)
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"function {fields['id']!r}: {where}: {first['msg']}") from None
+
+
+__all__ = ["Durable"]
