@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 from . import _serialize
 from ._durations import DurationLike, format_duration, to_iso_utc, to_timedelta
 from ._engine import EXECUTE, Memo, Opcode, Replay, StepInfo
+from ._faults import fault
 from .errors import NestedStepError, NonRetriableError, RetryAfterError
 from .events import Event, Signal
 
@@ -194,6 +195,7 @@ class Step(_StepBase):
             if inspect.isawaitable(out):
                 out = await out
             data = self._serialize_output(info, out)
+            fault("step.ran")
         except (NonRetriableError, RetryAfterError) as err:
             _running_step.reset(token)
             self._replay.abort(err)
@@ -335,6 +337,7 @@ class SyncStep(_StepBase):
                     "the function `async def`, or give the step a plain `def` handler"
                 )
             data = self._serialize_output(info, out)
+            fault("step.ran")
         except (NonRetriableError, RetryAfterError) as err:
             self._replay.abort(err)
             raise StopRequest from None

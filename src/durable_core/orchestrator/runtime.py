@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pydantic
 
+from .._faults import fault
 from .._steps import Checkpoints
 from ..errors import ConfigError
 from ..events import Event
@@ -315,6 +316,8 @@ class Orchestrator:
                         continue
                     _log.exception("claiming work failed; retrying")
                     items, nxt = [], None
+                if items:
+                    fault("claim.committed")
                 for item in items:
                     self._spawn(item)
                 if len(items) == free:
@@ -396,6 +399,7 @@ class Orchestrator:
         ):  # steps were checkpointed, so what the answer reports is a later step's attempt
             item = dataclasses.replace(item, attempt=0)
         answered = item
+        fault("answer.received")
 
         async def body(tx: Tx) -> RunRecord | None:
             current = await tx.lock_run(run.run_id)
@@ -409,6 +413,7 @@ class Orchestrator:
             return next((r for r in tx.finished if r.run_id == run.run_id), current)
 
         after = await self.atomic(body)
+        fault("answer.committed")
         self._wake.set()
         self._report(fn, item, result, after)
 
@@ -523,6 +528,7 @@ class _Steps:
             rec, memo = self.buffer[0]
             if not await self.orch.store.checkpoint(rec, memo):
                 raise RunCancelledError(f"run {rec.run_id} has ended; its request stops here")
+            fault("checkpoint.committed")
             self.buffer.pop(0)
 
 
