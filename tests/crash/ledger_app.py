@@ -11,8 +11,8 @@ Three functions, one per event name, each with five steps:
 A run's output is the list of its step results (`"<marker>:<step id>"`), in plan order.
 
 Without `CRASH_ORCHESTRATOR_URL` the orchestrator runs embedded (its database under
-`DURABLE_DIR`); with it, the app is served to that standalone orchestrator. Run it with
-`uvicorn --app-dir tests/crash ledger_app:app`.
+`DURABLE_DIR`, or at `DURABLE_DATABASE_URL`); with it, the app is served to that standalone
+orchestrator. Run it with `uvicorn --app-dir tests/crash ledger_app:app`.
 
 `GET /inflight` answers how many requests to the serve endpoint are being handled, so a
 test can tell when the app has gone quiet.
