@@ -21,6 +21,7 @@ from typing import Any
 from . import _serialize
 from ._durations import DurationLike, format_duration, to_iso_utc, to_timedelta
 from ._engine import Decision, Memo, Replay, StepInfo
+from ._faults import fault
 from .errors import NestedStepError, NonRetriableError, RetryAfterError
 from .events import Event, Signal
 from .function import Function
@@ -85,6 +86,7 @@ class Execution:
     def returned(self, output: object) -> None:
         info = self.info
         data = _serialize.to_json_value(output, what=f"step {info.user_id!r}")
+        fault("step.ran")
         done = self._replay.complete(info, data)
         if isinstance(done, Memo):  # checkpointing: the function goes on with the memo
             op = info.to_op(Opcode.STEP_RUN, data=data, started_at=self._started_ms)

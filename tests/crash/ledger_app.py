@@ -11,8 +11,11 @@ Three functions, one per event name, each with five steps:
 A run's output is the list of its step results (`"<marker>:<step id>"`), in plan order.
 
 Without `CRASH_ORCHESTRATOR_URL` the orchestrator runs embedded (its database under
-`DURABLE_DIR`); with it, the app is served to that standalone orchestrator. Run it with
-`uvicorn --app-dir tests/crash ledger_app:app`.
+`DURABLE_DIR`, or at `DURABLE_DATABASE_URL`); with it, the app is served to that standalone
+orchestrator. Run it with `uvicorn --app-dir tests/crash ledger_app:app`.
+
+`create_wsgi_app()` builds the same three functions written as sync code, in a Flask app with
+the orchestrator embedded: `gunicorn --pythonpath tests/crash 'ledger_app:create_wsgi_app()'`.
 
 `GET /inflight` answers how many requests to the serve endpoint are being handled, so a
 test can tell when the app has gone quiet.
@@ -21,14 +24,19 @@ test can tell when the app has gone quiet.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from adapters.fastapi import Serve
-from durable_core import Context, Durable, TriggerEvent
+from durable_core import Context, Durable, SyncContext, TriggerEvent
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 APP_ID = "crash"
 SERVE_PATH = "/api/durable"
@@ -74,6 +82,12 @@ def _append(line: str) -> None:
 
 async def effect(marker: str, step: str) -> str:
     await asyncio.sleep(_step_seconds(step))
+    _append(f"{marker}\t{step}\t{os.getpid()}\n")
+    return f"{marker}:{step}"
+
+
+def effect_sync(marker: str, step: str) -> str:
+    time.sleep(_step_seconds(step))
     _append(f"{marker}\t{step}\t{os.getpid()}\n")
     return f"{marker}:{step}"
 
@@ -127,3 +141,35 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     finally:
         if counted:
             _active -= 1
+
+
+def create_wsgi_app() -> Flask:
+    """The three functions as sync code, served by Flask with the orchestrator embedded."""
+    from flask import Flask
+
+    from adapters.flask import durable_blueprint
+
+    sync = Durable(APP_ID, dev=True)
+
+    def one(ctx: SyncContext, step: str) -> str:
+        return ctx.step.run(step, effect_sync, ctx.event.data["marker"], step)
+
+    @sync.function(id="seq", trigger=TriggerEvent("crash/seq"), retries=2)
+    def seq(ctx: SyncContext) -> list[str]:
+        return [one(ctx, step) for step in steps_of("seq")]
+
+    @sync.function(id="nap", trigger=TriggerEvent("crash/nap"), retries=2)
+    def nap(ctx: SyncContext) -> list[str]:
+        out = [one(ctx, "a1"), one(ctx, "a2")]
+        ctx.step.sleep("nap", NAP)
+        return [*out, one(ctx, "a3"), one(ctx, "a4"), one(ctx, "a5")]
+
+    @sync.function(id="fan", trigger=TriggerEvent("crash/fan"), retries=2)
+    def fan(ctx: SyncContext) -> list[str]:
+        first = one(ctx, "f1")
+        middle = ctx.step.parallel(*(functools.partial(one, ctx, s) for s in ("p1", "p2", "p3")))
+        return [first, *middle, one(ctx, "f5")]
+
+    flask_app = Flask(__name__)
+    flask_app.register_blueprint(durable_blueprint(sync, path=SERVE_PATH))
+    return flask_app

@@ -16,7 +16,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +105,14 @@ class Ledger:
             self.end(span)
         return label
 
-    def work_sync(self, run: str, label: str, seconds: float) -> str:
+    def work_sync(
+        self, run: str, label: str, gate: threading.Event | None = None, seconds: float = 0.0
+    ) -> str:
+        """`work` for sync steps (which run in threads of their own)."""
         span = self.begin(run, label)
         try:
+            if gate is not None and not gate.wait(HOLD):
+                raise TimeoutError(f"{label}: the test never opened the gate")
             time.sleep(seconds)
         finally:
             self.end(span)
@@ -186,29 +191,37 @@ def reasons_become(h: Harness, local_id: str, labels: list[str], reason: str) ->
 
 @pytest.mark.parametrize("kind", ["async", "sync"])
 def test_concurrency_limit_caps_overlap_and_every_run_completes(
-    kind: str, embedded: StartFactory
+    kind: str, embedded: StartFactory, gate: threading.Event
 ) -> None:
-    """With concurrency 2, no more than 2 steps run at once, and all queued runs complete."""
+    """With concurrency 2, two steps run at once and no more (the first ones are held in flight
+    until the others show they wait for the limit), and all queued runs complete."""
     d, ledger = app(), Ledger()
     if kind == "async":
 
         @d.function(id="f", trigger=TriggerEvent("t/go"), concurrency=2)
         async def f(ctx: Context) -> str:
             i = ctx.event.data["i"]
-            return await ctx.step.run("work", lambda: ledger.work(ctx.run_id, i, seconds=0.03))
+            return await ctx.step.run("work", lambda: ledger.work(ctx.run_id, i, gate, 0.01))
     else:
 
         @d.function(id="f", trigger=TriggerEvent("t/go"), concurrency=2)
         def f_sync(ctx: SyncContext) -> str:
             i = ctx.event.data["i"]
-            return ctx.step.run("work", lambda: ledger.work_sync(ctx.run_id, i, 0.03))
+            return ctx.step.run("work", lambda: ledger.work_sync(ctx.run_id, i, gate, 0.01))
 
     h = embedded(d)
-    send_all(h, "t/go", [{"i": str(n)} for n in range(10)])
+    labels = [str(n) for n in range(10)]
+    send_all(h, "t/go", [{"i": i} for i in labels])
+    wait_until("two runs to be in flight", lambda: len(ledger.active()) == 2)
+    held = ledger.active()
+    waiting = [i for i in labels if i not in held]
+    reasons_become(h, "f", waiting, f'concurrency limit 2 on function "{h.fn_id("f")}"')
+    assert sorted(ledger.labels()) == sorted(held)  # nothing else started meanwhile
+    gate.set()
     runs = all_finished(h, "f", 10)
     assert {r["status"] for r in runs} == {"completed"}, runs
-    assert sorted(ledger.labels()) == sorted(str(n) for n in range(10))
-    assert max_overlap(ledger.snapshot()) <= 2, ledger.snapshot()
+    assert sorted(ledger.labels()) == sorted(labels)
+    assert max_overlap(ledger.snapshot()) == 2, ledger.snapshot()
 
 
 def test_concurrency_one_starts_runs_in_send_order_and_explains_the_wait(
@@ -454,29 +467,31 @@ def test_priority_reorders_runs_waiting_for_concurrency(
 # -- load -------------------------------------------------------------------------------------
 
 
-def test_load_concurrency_three_over_200_runs(embedded: StartFactory) -> None:
-    """200 runs of two steps under concurrency 3: never more than 3 steps at once, each once."""
+def test_load_concurrency_three_over_200_runs(
+    embedded: StartFactory, gate: threading.Event
+) -> None:
+    """200 runs of two steps under concurrency 3: 3 steps at once and never more, each once.
+    The first steps are held in flight until the limit is reached."""
     d, ledger = app(), Ledger()
 
     @d.function(id="f", trigger=TriggerEvent("t/go"), concurrency=3)
     async def f(ctx: Context) -> list[str]:
-        a = await ctx.step.run("a", lambda: ledger.work(ctx.run_id, "a", seconds=0.005))
+        a = await ctx.step.run("a", lambda: ledger.work(ctx.run_id, "a", gate, 0.005))
         b = await ctx.step.run("b", lambda: ledger.work(ctx.run_id, "b", seconds=0.005))
         return [a, b]
 
     h = embedded(d)
-    t0 = time.monotonic()
     send_all(h, "t/go", [{"i": str(n)} for n in range(200)])
+    wait_until("three steps to be in flight", lambda: len(ledger.active()) == 3)
+    gate.set()
     runs = all_finished(h, "f", 200, deadline=60)
-    took = time.monotonic() - t0
     assert {r["status"] for r in runs} == {"completed"}, [
         r for r in runs if r["status"] != "completed"
     ]
     spans = ledger.snapshot()
-    assert max_overlap(spans) <= 3
+    assert (most := max_overlap(spans)) == 3, f"{most} steps ran at once"
     ran = sorted((s.run, s.label) for s in spans)
     assert ran == sorted({(r["run_id"], step) for r in runs for step in "ab"}), "a step ran twice"
-    print(f"200 runs under concurrency 3 took {took:.1f}s")
 
 
 def test_load_throttle_50_per_second_over_200_runs(embedded: StartFactory) -> None:
@@ -490,10 +505,8 @@ def test_load_throttle_50_per_second_over_200_runs(embedded: StartFactory) -> No
         return await ctx.step.run("work", lambda: ctx.event.data["i"])
 
     h = embedded(d)
-    t0 = time.monotonic()
     send_all(h, "t/go", [{"i": str(n)} for n in range(200)])
     runs = all_finished(h, "f", 200, deadline=60)
-    took = time.monotonic() - t0
     assert {r["status"] for r in runs} == {"completed"}, [
         r for r in runs if r["status"] != "completed"
     ]
@@ -503,53 +516,81 @@ def test_load_throttle_50_per_second_over_200_runs(embedded: StartFactory) -> No
     assert first.keys() == starts.keys()
     early = {r: (first[r], starts[r]) for r in starts if first[r] < starts[r]}
     assert not early, f"bodies ran before their run started: {early}"
-    print(f"200 runs throttled 50/s took {took:.1f}s")
 
 
 # -- several orchestrators on one store ---------------------------------------------------------
 
 
-def shared_app(ledger: Ledger, host: str) -> Durable:
+def shared_app(ledger: Ledger, host: str, gate: threading.Event) -> Durable:
     durable = app()
 
     @durable.function(id="f", trigger=TriggerEvent("t/go"), concurrency=2)
     async def f(ctx: Context) -> str:
-        run = ctx.run_id
-        return await ctx.step.run("work", lambda: ledger.work(run, host, seconds=0.02))
+        run, held = ctx.run_id, gate if ctx.event.data["i"] == "0" else None
+        return await ctx.step.run("work", lambda: ledger.work(run, host, held, 0.02))
 
     return durable
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # SQLite has one host
 async def test_concurrency_holds_across_orchestrators_sharing_a_store(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, gate: threading.Event
 ) -> None:
-    """Two orchestrators on one PostgreSQL schema: 60 runs, never more than 2 steps at once."""
+    """Two orchestrators on one PostgreSQL schema: 60 runs, 2 steps at once and never more,
+    and both orchestrators run steps.
+
+    Orchestrator a runs one request at a time. It starts alone and takes the first run, whose
+    step is held in flight; then b starts (its own capacity is 64), and the other 59 events go
+    to both. While a's step is held the limit leaves one slot, which only b can use: b runs
+    steps one at a time, never two, until the test opens the gate.
+    """
     ledger = Ledger()
-    hosts = [
-        Embedded(shared_app(ledger, name), database=database_url, directory=str(tmp_path / name))
-        for name in ("a", "b")
-    ]
-    orchs = await asyncio.gather(*(host.start() for host in hosts))
+    a = Embedded(
+        shared_app(ledger, "a", gate), database=database_url, directory=str(tmp_path / "a"),
+        concurrency=1,
+    )  # fmt: skip
+    b = Embedded(
+        shared_app(ledger, "b", gate), database=database_url, directory=str(tmp_path / "b")
+    )
+
+    async def until(what: str, probe: Callable[[], Awaitable[Any]], deadline: float = 60) -> Any:
+        end = time.monotonic() + deadline
+        while not (found := await probe()):
+            assert time.monotonic() < end, f"timed out waiting for {what}"
+            await asyncio.sleep(0.01)
+        return found
+
+    async def held_on_a() -> bool:
+        return [(s.label, s.end) for s in ledger.snapshot()] == [("a", math.inf)]
+
+    async def done_on_b() -> bool:
+        return sum(s.label == "b" and s.end < math.inf for s in ledger.snapshot()) >= 3
+
+    orchs = [await a.start()]
     try:
-        for n in range(60):  # half the events reach each orchestrator
+        await orchs[0].send([Event(name="t/go", data={"i": "0"})])
+        await until("the first run's step to be in flight on a", held_on_a)
+        orchs.append(await b.start())
+        for n in range(1, 60):  # half the events reach each orchestrator
             await orchs[n % 2].send([Event(name="t/go", data={"i": str(n)})])
+        await until("b to run steps while a's is held", done_on_b)
+        assert ledger.active().count("a") == 1 and len(ledger.active()) <= 2, ledger.snapshot()
+        gate.set()
 
         async def finished() -> list[Any] | None:
             async with orchs[1].store.snapshot() as tx:
                 runs = await tx.list_runs(RunFilter(fn_id="t-f", limit=1000))
             return runs if len(runs) == 60 and all(r.status.finished for r in runs) else None
 
-        end = time.monotonic() + 60
-        while (runs := await finished()) is None:
-            assert time.monotonic() < end, "timed out waiting for 60 runs to finish"
-            await asyncio.sleep(0.1)
+        runs = await until("60 runs to finish", finished)
     finally:
-        for host in hosts:
+        for host in (a, b):
             await host.stop()
     assert {r.status.value for r in runs} == {"completed"}
     spans = ledger.snapshot()
     assert len(spans) == 60 and len({s.run for s in spans}) == 60
-    assert max_overlap(spans) <= 2, spans
-    per_host = {name: sum(s.label == name for s in spans) for name in ("a", "b")}
-    print(f"steps run per orchestrator: {per_host}")
+    assert (most := max_overlap(spans)) == 2, f"{most} steps ran at once: {spans}"
+    first = spans[0]
+    assert first.label == "a", spans
+    beside = [s for s in spans[1:] if s.start < first.end]
+    assert beside and {s.label for s in beside} == {"b"}, f"in flight beside a's: {beside}"

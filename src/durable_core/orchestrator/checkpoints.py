@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._faults import fault
 from ..errors import RunCancelledError
 from .store import FunctionRecord, HistoryRecord, QueueItem, Store, now_ms
 from .watch import Watchers
@@ -55,4 +56,5 @@ class StepBuffer:
             rec, memo = self.buffer[0]
             if not await self.store.checkpoint(rec, memo):
                 raise RunCancelledError(f"run {rec.run_id} has ended; its request stops here")
+            fault("checkpoint.committed")
             self.buffer.pop(0)

@@ -17,6 +17,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from .._faults import fault
 from .._steps import Checkpoints
 from ..protocol import execution_request
 from . import answers, claiming, intake, lifecycle, timers
@@ -146,6 +147,8 @@ class Dispatcher:
                         _log.debug("claiming work met %s; retrying", err)
                         continue
                     _log.exception("claiming work failed; retrying")
+                if items:
+                    fault("claim.committed")
                 for item in items:
                     self._spawn(item)
                 if len(items) == free:
@@ -206,6 +209,7 @@ class Dispatcher:
         if steps.count:  # steps were checkpointed: the answer reports a later step's attempt
             item = dataclasses.replace(item, attempt=0)
         answered = item
+        fault("answer.received")
 
         async def body(unit: Unit) -> RunRecord | None:
             current = await unit.tx.lock_run(run.run_id)
@@ -219,6 +223,7 @@ class Dispatcher:
             return unit.finished_run(run.run_id) or current
 
         after = await self.atomic(body)
+        fault("answer.committed")
         self._wake.set()
         self._report(fn, item, result, after)
 
