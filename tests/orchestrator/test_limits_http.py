@@ -63,6 +63,9 @@ class FakeApp:
         if fn_id.endswith("chunked") or fn_id.endswith("declared"):
             headers = {"content-length": str(HUGE + 64)} if fn_id.endswith("declared") else {}
             return StreamingResponse(self._huge(), status_code=206, headers=headers)
+        if fn_id.endswith("error-page"):  # a 500 with a 100 MB page, as a broken proxy might
+            headers = {"content-length": str(HUGE)}
+            return StreamingResponse(self._huge(), status_code=500, headers=headers)
         if fn_id.endswith("big-output"):
             if body["steps"]:
                 return JSONResponse(len(next(iter(body["steps"].values()))["data"]))
@@ -156,6 +159,20 @@ def test_an_answer_longer_than_the_bound_is_dropped_unread(
     # got to send is what was read, plus what the sockets buffer).
     wait_until("the app's stream to end", fake.stream_ended.is_set)
     assert fake.sent < HUGE // 2, fake.sent
+
+
+def test_an_error_answer_longer_than_the_bound_is_retried_as_an_error(
+    fake: FakeApp, database_url: str
+) -> None:
+    with orchestrator(database_url) as client:
+        fn_id = register(client, fake, "error-page")
+        run = finished_run(client, fn_id)
+        assert run["status"] == "failed", run
+        assert run["error"]["name"] == "AnswerTooLarge"
+        assert run["error"]["message"] == (
+            f"HTTP 500: the answer was longer than {9 * MB} bytes; not read"
+        )
+        assert fake.calls == {fn_id: 4}  # the first attempt and its 3 retries
 
 
 def test_an_output_over_the_limit_from_another_sdk_is_not_stored(

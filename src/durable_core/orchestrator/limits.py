@@ -91,7 +91,7 @@ def over_limit(res: CallResult, limits: RunLimits, usage: Usage) -> Overrun | No
     """The first thing in `res` that goes over `limits`, given what the run has `usage`d."""
     budget = Budget(limits, dataclasses.replace(usage))
     try:
-        if res.too_large:
+        if res.too_large and res.status in (200, 206):  # an error page: retried as an error
             raise limits.answer_too_large()
         if res.status == 200:
             budget.output("the output of the function", res.body)

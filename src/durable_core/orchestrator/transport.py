@@ -33,7 +33,7 @@ class CallResult:
     status: int
     headers: dict[str, str]
     body: Any
-    #: The answer was longer than the call's `max_body`: it was not read, `body` is None.
+    #: The answer was longer than the call's `max_body`: it was not read (`body` says so).
     too_large: bool = False
 
 
@@ -88,7 +88,8 @@ class HttpTransport:
                 {"name": type(err).__name__, "message": f"could not call {fn.url}: {err}"},
             )
         if raw is None:
-            return CallResult(status, got, None, too_large=True)
+            message = f"HTTP {status}: the answer was longer than {call.max_body} bytes; not read"
+            return CallResult(status, got, {"name": "AnswerTooLarge", "message": message}, True)
         try:
             parsed = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
