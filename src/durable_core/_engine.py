@@ -17,6 +17,9 @@ The step lifecycle (`_lifecycle.py`), the sync and async step frontends (`_steps
 the drivers (`_driver.py`) only differ in how they wait; every rule of the protocol lives
 here. Running several steps in one request (checkpointing) fits here too: `complete` returns
 the memo to continue with instead of ending the request.
+
+The run's limits (`_limits.Budget`) are checked here too: a step's output before it is
+reported or checkpointed, and the step count before new steps run or are reported.
 """
 
 from __future__ import annotations
@@ -27,7 +30,14 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import DurableError, NonDeterminismError, StepError, error_payload
+from ._limits import Budget
+from .errors import (
+    DurableError,
+    LimitExceededError,
+    NonDeterminismError,
+    StepError,
+    error_payload,
+)
 from .protocol import Opcode
 from .types import JSONObject
 
@@ -113,6 +123,7 @@ class Replay:
         max_attempts: int = 5,
         disable_immediate_execution: bool = False,
         checkpoint: bool = False,
+        budget: Budget | None = None,
     ) -> None:
         self._raw_memos = steps
         self._unseen = set(steps)
@@ -122,6 +133,7 @@ class Replay:
         self.max_attempts = max_attempts
         self.disable_immediate_execution = disable_immediate_execution
         self.checkpoint = checkpoint and target is None
+        self.budget = budget if budget is not None else Budget()
         self.pending: list[StepInfo] = []
         self.executing: StepInfo | None = None
         self.result: Ops | DurableError | None = None
@@ -213,6 +225,11 @@ class Replay:
                 "move non-deterministic code into steps."
             )
             return self.result
+        try:
+            self.budget.add_steps(len(pending))
+        except LimitExceededError as err:
+            self.result = err
+            return err
         if (
             len(pending) == 1
             and pending[0].op is Opcode.STEP_RUN
@@ -238,6 +255,11 @@ class Replay:
         self.executing = None
         if isinstance(self.result, DurableError):
             return self.result  # aborted while the step ran (a nested step): that error stands
+        try:
+            self.budget.store(f"the output of step {info.user_id!r}", output)
+        except LimitExceededError as err:
+            self.result = err
+            return err
         if self.checkpoint:
             self.attempt = 0  # attempts count per step: the next step starts afresh
             return Memo(data=output)

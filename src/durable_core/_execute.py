@@ -16,9 +16,16 @@ from . import _serialize
 from ._driver import AsyncRunner, Outcome, Raised, Returned, run_sync
 from ._durations import to_iso_utc
 from ._engine import Ops, Replay
+from ._limits import Budget, RunLimits, Usage
 from ._steps import Checkpoints, Step, SyncCheckpoints, SyncStep
 from .context import Context, ReplayAwareLogger, SyncContext
-from .errors import DurableError, RetryAfterError, SerializationError, error_payload
+from .errors import (
+    DurableError,
+    LimitExceededError,
+    RetryAfterError,
+    SerializationError,
+    error_payload,
+)
 from .events import Event
 from .function import Function
 from .protocol import Header
@@ -35,6 +42,8 @@ class RequestCtx(pydantic.BaseModel):
     attempt: int = pydantic.Field(default=0, ge=0)
     max_attempts: int | None = pydantic.Field(default=None, ge=1)
     disable_immediate_execution: bool = False
+    #: The run's limits and what it has used (`_limits.Budget.to_wire`), from our orchestrator.
+    limits: dict[str, Any] | None = None
 
 
 class ExecutionRequest(pydantic.BaseModel):
@@ -65,6 +74,17 @@ def is_async(handler: Handler) -> bool:
     )
 
 
+def budget(fn: Function[Any], req: ExecutionRequest) -> Budget:
+    """The run's limits as the orchestrator sent them; from another orchestrator, the
+    function's own limits over the defaults, and what the request's memos hold."""
+    sent = Budget.from_wire(req.ctx.limits) if req.ctx.limits else None
+    if sent is not None:
+        return sent
+    own = fn.options.limits
+    limits = own.over(RunLimits()) if own is not None else RunLimits()
+    return Budget(limits, Usage.of(req.steps))
+
+
 def _replay(
     fn: Function[Any], handler: Handler, req: ExecutionRequest, target: str | None, checkpoint: bool
 ) -> Replay:
@@ -75,7 +95,20 @@ def _replay(
         max_attempts=req.ctx.max_attempts or fn.attempts_of(handler),
         disable_immediate_execution=req.ctx.disable_immediate_execution,
         checkpoint=checkpoint,
+        budget=budget(fn, req),
     )
+
+
+def _output(fn: Function[Any], replay: Replay, outcome: Outcome) -> Outcome:
+    """The function's output as JSON, refused here when it cannot be stored or is too large."""
+    if not isinstance(outcome, Returned):
+        return outcome
+    try:
+        value = _serialize.to_json_value(outcome.value, what=f"function {fn.local_id!r}")
+        replay.budget.output(f"the output of function {fn.local_id!r}", value)
+    except (SerializationError, LimitExceededError) as err:
+        return Raised(err)
+    return Returned(value)
 
 
 def _common(fn: Function[Any], req: ExecutionRequest, replay: Replay) -> dict[str, Any]:
@@ -101,7 +134,8 @@ async def execute_async(
     replay = _replay(fn, handler, req, target, checkpoint is not None)
     runner = AsyncRunner(replay)
     step = Step(replay, fn.app.app_id, runner, sender, checkpoint)
-    return await runner.run(handler, Context(step=step, **_common(fn, req, replay)))
+    outcome = await runner.run(handler, Context(step=step, **_common(fn, req, replay)))
+    return _output(fn, replay, outcome)
 
 
 def execute_sync(
@@ -114,7 +148,8 @@ def execute_sync(
 ) -> Outcome:
     replay = _replay(fn, handler, req, target, checkpoint is not None)
     step = SyncStep(replay, fn.app.app_id, sender, checkpoint)
-    return run_sync(handler, SyncContext(step=step, **_common(fn, req, replay)), replay)
+    outcome = run_sync(handler, SyncContext(step=step, **_common(fn, req, replay)), replay)
+    return _output(fn, replay, outcome)
 
 
 async def execute(

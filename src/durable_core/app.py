@@ -19,6 +19,7 @@ from .options import (
     Concurrency,
     Debounce,
     FunctionOptions,
+    Limits,
     Priority,
     RateLimit,
     Singleton,
@@ -95,10 +96,13 @@ class Durable(Client):
         idempotency: str | None = None,
         singleton: Singleton | None = None,
         timeouts: Timeouts | None = None,
+        limits: Limits | None = None,
         on_failure: Handler | None = None,
         output_type: Any = None,
     ) -> Callable[[Callable[..., Any]], Function[Any]]:
-        """Declare a durable function. Async handlers take a `Context`, sync ones a `SyncContext`."""
+        """Declare a durable function. Async handlers take a `Context`, sync ones a `SyncContext`.
+
+        `limits` raises (or lowers) what its runs may store: see `Limits`."""
         if trigger is None:
             raise ConfigError(
                 f"function {id!r} needs a trigger: TriggerEvent('app/event.name') or "
@@ -125,6 +129,7 @@ class Durable(Client):
             idempotency=idempotency,
             singleton=singleton,
             timeouts=timeouts,
+            limits=limits,
         )
 
         def decorate(handler: Callable[..., Any]) -> Function[Any]:
@@ -146,6 +151,7 @@ class Durable(Client):
         *,
         id: str | None = None,
         retries: int = 4,
+        limits: Limits | None = None,
         on_failure: Handler | None = None,
     ) -> Callable[[Callable[..., Any]], Function[Any]]:
         """Declare a route workflow served at `path` (a handler taking a workflow context).
@@ -160,6 +166,7 @@ class Durable(Client):
                 id=fn_id,
                 trigger=TriggerEvent(f"{routes.WORKFLOW_EVENT}/{fn_id}"),
                 retries=retries,
+                limits=limits,
                 on_failure=on_failure,
                 output_type=_serialize.return_type(handler),
             )(routes.wrap(handler))

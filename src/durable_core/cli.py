@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import click
 import httpx
 
+from . import _limits
+from .options import Limits
 from .orchestrator.service import DEFAULT_BACKOFF, FAST_BACKOFF
 
 DEFAULT_URL = "http://127.0.0.1:8288"
@@ -54,6 +57,59 @@ def _call(method: str, path: str, url: str, **kw: Any) -> Any:
     return body
 
 
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        return _limits.parse_size(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def limit_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The `--max-*` flags of a command that runs the orchestrator, passed on as `limits`."""
+    s = _limits.SETTINGS
+
+    @functools.wraps(command)
+    def run(
+        *args: Any,
+        max_step_output: int | None,
+        max_run_output_total: int | None,
+        max_steps: int | None,
+        **kwargs: Any,
+    ) -> None:
+        given = Limits(
+            step_output=max_step_output, run_output_total=max_run_output_total, steps=max_steps
+        )
+        command(*args, limits=given, **kwargs)
+
+    flags = [
+        click.option(
+            s["step_output"].flag,
+            envvar=s["step_output"].env,
+            callback=_size,
+            help="Largest output (of a step or a function) or error a run may store, like 8MB "
+            f"(default {_limits.format_size(_limits.DEFAULT_STEP_OUTPUT)}).",
+        ),
+        click.option(
+            s["run_output_total"].flag,
+            envvar=s["run_output_total"].env,
+            callback=_size,
+            help="Most bytes of step results one run may store, like 64MB "
+            f"(default {_limits.format_size(_limits.DEFAULT_RUN_OUTPUT_TOTAL)}).",
+        ),
+        click.option(
+            s["steps"].flag,
+            envvar=s["steps"].env,
+            type=click.IntRange(min=1),
+            help=f"Most steps one run may have (default {_limits.DEFAULT_STEPS}).",
+        ),
+    ]
+    for flag in reversed(flags):
+        run = flag(run)
+    return run
+
+
 @click.group()
 @click.version_option("0.1.0", prog_name="durable")
 def main() -> None:
@@ -73,8 +129,15 @@ def main() -> None:
     help="Retry failed steps after 50 ms, 100 ms, ... instead of 15 s, 30 s, ...",
 )
 @click.option("--log-level", default="info", show_default=True)
+@limit_options
 def dev(
-    host: str, port: int, app_urls: tuple[str, ...], db: str, fast_retries: bool, log_level: str
+    host: str,
+    port: int,
+    app_urls: tuple[str, ...],
+    db: str,
+    fast_retries: bool,
+    log_level: str,
+    limits: Limits,
 ) -> None:
     """Run the orchestrator standalone for development: any event key, no signatures."""
     import uvicorn
@@ -89,7 +152,7 @@ def dev(
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per call to an app is noise
     backoff = FAST_BACKOFF if fast_retries else DEFAULT_BACKOFF
-    orch = Orchestrator(SqliteStore(db), backoff=backoff)
+    orch = Orchestrator(SqliteStore(db), backoff=backoff, limits=limits)
 
     async def sync_apps() -> None:
         pending = list(app_urls)
@@ -161,6 +224,7 @@ def dev(
     help="Seconds before a dead process's work is taken over.",
 )
 @click.option("--log-level", default="info", show_default=True)
+@limit_options
 def start(
     database: str,
     host: str,
@@ -170,6 +234,7 @@ def start(
     event_keys: tuple[str, ...],
     lease: float,
     log_level: str,
+    limits: Limits,
 ) -> None:
     """Run the orchestrator in production: signed requests, known event keys, any number of
     processes on one PostgreSQL database."""
@@ -211,6 +276,7 @@ def start(
         event_keys=[k.strip() for k in keys],
         concurrency=workers,
         lease_ms=int(lease * 1000),
+        limits=limits,
     )
 
     @contextlib.asynccontextmanager

@@ -4,7 +4,8 @@
     ├── NonRetriableError          fail the run now, no more attempts
     │   ├── SerializationError     a value cannot be stored as JSON
     │   ├── NestedStepError        a step was called inside another step
-    │   └── NonDeterminismError    replay met steps the stored history does not know
+    │   ├── NonDeterminismError    replay met steps the stored history does not know
+    │   └── LimitExceededError     an output, the run's stored outputs or its steps exceed a limit
     ├── RetryAfterError            retry, but not before `after`
     ├── StepError                  a step failed for good; user code may catch it
     ├── ConfigError                bad options or environment
@@ -66,6 +67,18 @@ class NestedStepError(NonRetriableError):
 
 class NonDeterminismError(NonRetriableError):
     code = "step_unexpected"
+
+
+class LimitExceededError(NonRetriableError):
+    """A run went over one of its limits (`limit`: "step_output", "run_output_total" or
+    "steps", whose value was `value`); the message says how to raise it."""
+
+    code = "limit_exceeded"
+
+    def __init__(self, message: str, limit: str = "", value: int = 0) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
 
 
 class RetryAfterError(DurableError):
@@ -174,6 +187,7 @@ class RunErrorName(enum.StrEnum):
     UNSUPPORTED_OPCODE = "UnsupportedOpcode"
     INVALID_RESPONSE = "InvalidResponse"
     RUN_CANCELLED = "RunCancelled"
+    LIMIT_EXCEEDED = "LimitExceededError"  # the name the SDK's `LimitExceededError` reports too
 
 
 def run_error(name: RunErrorName, message: str, *, with_stack: bool = True) -> dict[str, Any]:
@@ -204,6 +218,7 @@ __all__ = [
     "DurableError",
     "FunctionNotFoundError",
     "HarnessError",
+    "LimitExceededError",
     "NestedStepError",
     "NonDeterminismError",
     "NonRetriableError",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import pydantic
 
+from . import _limits
 from ._durations import DurationLike, format_duration, to_timedelta
 
 
@@ -21,6 +23,10 @@ Duration = Annotated[
     pydantic.BeforeValidator(_to_td),
     pydantic.PlainSerializer(format_duration, return_type=str),
 ]
+
+
+Size = Annotated[int, pydantic.BeforeValidator(_limits.parse_size)]
+"""Bytes: an int, or a string like "4MB" or "512KB" (KB = 1024 bytes)."""
 
 
 class _Option(pydantic.BaseModel):
@@ -115,6 +121,55 @@ class Timeouts(_Option):
     finish: Duration | None = None
 
 
+class Limits(_Option):
+    """What one run may store. A field left None keeps the orchestrator's setting, whose
+    defaults are 4 MB per output (`step_output`: each step's output, the function's output, an
+    error), 32 MB for all of a run's stored step results (`run_output_total`) and 20,000 steps
+    per run (`steps`). Going over fails the run at once with a `LimitExceededError`.
+
+    On a function (`limits=Limits(step_output="16MB")`) they apply to its runs; on an
+    orchestrator (`Orchestrator(limits=...)`) to every function that does not set its own."""
+
+    step_output: Size | None = pydantic.Field(default=None, alias="stepOutput")
+    run_output_total: Size | None = pydantic.Field(default=None, alias="runOutputTotal")
+    steps: int | None = pydantic.Field(default=None, ge=1)
+
+    def __init__(
+        self,
+        *,
+        step_output: int | str | None = None,
+        run_output_total: int | str | None = None,
+        steps: int | None = None,
+    ) -> None:
+        super().__init__(
+            **{"step_output": step_output, "run_output_total": run_output_total, "steps": steps}
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Limits | None:
+        """The limits the `DURABLE_MAX_*` variables set (None if none is set)."""
+        values: dict[str, Any] = {}
+        for field, setting in _limits.SETTINGS.items():
+            text = environ.get(setting.env, "").strip()
+            if not text:
+                continue
+            try:
+                values[field] = int(text) if field == "steps" else _limits.parse_size(text)
+                cls(**values)
+            except (ValueError, pydantic.ValidationError):
+                example = "20000" if field == "steps" else '"8MB"'
+                raise ValueError(f"{setting.env}={text!r}: use a value like {example}") from None
+        return cls(**values) if values else None
+
+    def over(self, base: _limits.RunLimits) -> _limits.RunLimits:
+        """`base` with the limits set here in place of its own."""
+        return base.replace(
+            step_output=self.step_output,
+            run_output_total=self.run_output_total,
+            steps=self.steps,
+        )
+
+
 class FunctionOptions(_Option):
     """Every option a function can carry; the orchestrator enforces them."""
 
@@ -132,6 +187,7 @@ class FunctionOptions(_Option):
     idempotency: str | None = None
     singleton: Singleton | None = None
     timeouts: Timeouts | None = None
+    limits: Limits | None = None
 
     @pydantic.field_validator("id")
     @classmethod
@@ -149,9 +205,11 @@ __all__ = [
     "Duration",
     "DurationLike",
     "FunctionOptions",
+    "Limits",
     "Priority",
     "RateLimit",
     "Singleton",
+    "Size",
     "Throttle",
     "Timeouts",
     "Trigger",

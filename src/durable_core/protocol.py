@@ -68,24 +68,30 @@ def execution_request(
     attempt: int,
     max_attempts: int,
     disable_immediate_execution: bool,
+    limits: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The JSON body the orchestrator POSTs for one request of a run.
 
     `events` are the run's events in wire form (the first is the triggering one); `memos`
     maps hashed step ids to their stored results. The body holds `memos` itself, not a copy.
+    `limits` (our orchestrator's extension, `ctx.limits`; other SDKs ignore it) tells the SDK
+    the run's limits and what it has used, so it refuses an output before sending it.
     """
+    ctx: dict[str, Any] = {
+        "run_id": run_id,
+        "fn_id": fn_id,
+        "attempt": attempt,
+        "max_attempts": max_attempts,
+        "disable_immediate_execution": disable_immediate_execution,
+        "stack": {"stack": list(memos), "current": len(memos)},
+    }
+    if limits is not None:
+        ctx["limits"] = dict(limits)
     return {
         "event": events[0],
         "events": list(events),
         "steps": memos,
-        "ctx": {
-            "run_id": run_id,
-            "fn_id": fn_id,
-            "attempt": attempt,
-            "max_attempts": max_attempts,
-            "disable_immediate_execution": disable_immediate_execution,
-            "stack": {"stack": list(memos), "current": len(memos)},
-        },
+        "ctx": ctx,
         "use_api": False,
         "version": REQUEST_VERSION,
     }

@@ -35,6 +35,7 @@ FUNCTION_IDS = {
     "peer-batched",
     "peer-serial",
     "peer-cancellable",
+    "peer-bulky",
 }
 FINISHED = {"completed", "failed", "cancelled"}
 

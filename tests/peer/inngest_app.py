@@ -176,6 +176,13 @@ async def cancellable(ctx: inngest.Context) -> str:
     return "woke up"
 
 
+@client.create_function(fn_id="bulky", trigger=_trigger("bulky"), retries=2)
+async def bulky(ctx: inngest.Context) -> int:
+    """A step output over the orchestrator's default limit (4 MB); this SDK checks none."""
+    blob = await ctx.step.run("blob", lambda: "b" * ctx.event.data["size"])
+    return len(blob)
+
+
 FUNCTIONS = [
     loop,
     sleep,
@@ -190,6 +197,7 @@ FUNCTIONS = [
     batched,
     serial,
     cancellable,
+    bulky,
 ]
 
 app = FastAPI()

@@ -202,3 +202,23 @@ def test_cancel_on_an_event_cancels_the_sleeping_run(peer: Peer) -> None:
     assert run["run_id"] == sleeping["run_id"]
     assert run["status"] == "cancelled", run
     assert run["reason"] == f'cancelled by event "peer/stop" (id {stop_id})', run
+
+
+def test_run_limits_apply_to_an_app_that_checks_none(peer: Peer) -> None:
+    """The inngest SDK registers no limits and checks none: the orchestrator's defaults apply."""
+    small, big = _tag(), _tag()
+    peer.send(
+        {"name": "peer/bulky", "data": {"tag": small, "size": 1000}},
+        {"name": "peer/bulky", "data": {"tag": big, "size": 5 * 1024 * 1024}},
+    )
+    run = peer.one_run("peer-bulky", tag=small)
+    assert (run["status"], run["output"]) == ("completed", 1000)
+    run = peer.one_run("peer-bulky", tag=big)
+    assert run["status"] == "failed", run
+    assert run["error"]["name"] == "LimitExceededError"
+    assert (
+        "the output of step 'blob' is 5.0 MB as JSON, over the step_output limit of 4 MB"
+        in (run["error"]["message"])
+    )
+    [blob] = _steps(run, "blob")
+    assert (blob["output"], blob["attempt"]) == (None, 0)

@@ -2,6 +2,8 @@
 
 200 completes the run; 206 carries opcodes, each handled by one small function in `HANDLERS`;
 anything else is the function's own error, retried with backoff until its attempts run out.
+An answer with anything over the run's limits (`limits.over_limit`) fails the run at once and
+stores none of it.
 Ops that put the run to wait (planned steps, sleeps, waits, invokes, signals) become its
 pending set; when that set empties, `lifecycle.resolve` queues the next discovery.
 """
@@ -13,9 +15,10 @@ import datetime as _dt
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._limits import RunLimits, Usage
 from ..errors import RunErrorName, run_error
 from ..protocol import Header, Opcode, SystemEvent
-from . import expressions, lifecycle
+from . import expressions, lifecycle, limits
 from .flow_options import duration_ms
 from .ids import new_id
 from .store import HistoryRecord, ItemKind, QueueItem, RunRecord, RunStatus, WaitRecord, now_ms
@@ -40,11 +43,23 @@ def parse_time(text: str) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
-async def apply(unit: Unit, item: QueueItem, run: RunRecord, res: CallResult, started: int) -> None:
-    """Advance `run` with the app's answer to `item` (the item is consumed)."""
+async def apply(
+    unit: Unit,
+    item: QueueItem,
+    run: RunRecord,
+    res: CallResult,
+    started: int,
+    bounds: RunLimits | None = None,
+    usage: Usage | None = None,
+) -> None:
+    """Advance `run` with the app's answer to `item` (the item is consumed). `bounds` are the
+    run's limits and `usage` what it had stored before this answer."""
     if not await unit.tx.delete_item(item.id):
         return  # its lease ran out and another worker answered it already
-    if res.status == 200:
+    overrun = limits.over_limit(res, bounds or RunLimits(), usage or Usage())
+    if overrun is not None:
+        await _over_limit(unit, item, run, overrun, started)
+    elif res.status == 200:
         await lifecycle.finish(unit, run, RunStatus.COMPLETED, output=res.body)
     elif (
         res.status == 206
@@ -56,15 +71,34 @@ async def apply(unit: Unit, item: QueueItem, run: RunRecord, res: CallResult, st
         await _function_error(unit, item, run, res, started)
 
 
+async def _over_limit(
+    unit: Unit, item: QueueItem, run: RunRecord, overrun: limits.Overrun, started: int
+) -> None:
+    """Fail the run with the limit it went over, recorded on the step that did (if one did)."""
+    op = overrun.op or {}
+    step = str(op.get("id") or item.step or "function")
+    name = str(op.get("displayName") or op.get("name") or step)
+    if not op and item.step is None:
+        name = "(function)"
+    kind = str(op.get("op") or "FunctionError")
+    rec = HistoryRecord(
+        run.run_id, step, name, kind, item.attempt, started, now_ms(), None, overrun.error
+    )
+    await unit.tx.add_history(rec)
+    await lifecycle.finish(unit, run, RunStatus.FAILED, error=overrun.error)
+
+
 async def _function_error(
     unit: Unit, item: QueueItem, run: RunRecord, res: CallResult, started: int
 ) -> None:
     body = res.body if isinstance(res.body, dict) else {"message": str(res.body)}
-    error = {
-        "name": str(body.get("name") or "Error"),
-        "message": str(body.get("message") or f"HTTP {res.status}"),
-        "stack": body.get("stack"),
-    }
+    error = limits.clip_error(
+        {
+            "name": str(body.get("name") or "Error"),
+            "message": str(body.get("message") or f"HTTP {res.status}"),
+            "stack": body.get("stack"),
+        }
+    )
     if res.status == 206:
         error = run_error(
             RunErrorName.INVALID_RESPONSE, f"206 without opcodes: {str(res.body)[:500]}"
@@ -144,16 +178,16 @@ class _Op:
 async def _step_ran(a: _Answer, op: _Op) -> None:
     """StepRun, StepFailed and StepError: the step ran in this request."""
     data = op.raw.get("data") if op.kind == Opcode.STEP_RUN else None
+    error = limits.clip_error(op.raw.get("error"))
     rec = HistoryRecord(
-        a.run.run_id, op.step, op.name, op.kind, a.item.attempt, a.started, a.now,
-        data, op.raw.get("error"),
-    )  # fmt: skip
+        a.run.run_id, op.step, op.name, op.kind, a.item.attempt, a.started, a.now, data, error
+    )
     await a.unit.tx.add_history(rec)
     if op.kind == Opcode.STEP_ERROR:
         await _retry(a.unit, a.item, a.run, a.now + lifecycle.delay_ms(a.unit, a.item.attempt))
         a.reasons.append(f"step {op.name!r} failed (attempt {a.item.attempt + 1}), retrying")
         return
-    memo = {"data": data} if op.kind == Opcode.STEP_RUN else {"error": op.raw.get("error")}
+    memo = {"data": data} if op.kind == Opcode.STEP_RUN else {"error": error}
     if a.item.kind is ItemKind.STEP:
         await lifecycle.resolve(a.unit, a.run.run_id, op.step, memo)
     else:

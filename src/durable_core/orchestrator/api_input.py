@@ -7,7 +7,7 @@ from typing import Any
 import pydantic
 
 from ..events import Event
-from . import cron, expressions, flow_options
+from . import cron, expressions, flow_options, limits
 
 
 class Problem(Exception):
@@ -103,7 +103,8 @@ def check_function(fn: FunctionIn) -> None:
                 expressions.check(str(expr))
             except Exception as err:
                 raise Problem(400, f"function {fn.id}: triggers[{i}].expression: {err}") from None
-    problem = flow_options.check(fn.model_dump(mode="json"))
+    config = fn.model_dump(mode="json")
+    problem = flow_options.check(config) or limits.check(config)
     if problem is not None:
         raise Problem(400, f"function {fn.id}: {problem}")
 

@@ -2,7 +2,8 @@
 
 Each step is recorded when it finishes and made durable just before the next step runs (or
 with the request's answer), so each result is stored before anything else happens, with one
-commit per step and none extra for the last.
+commit per step and none extra for the last. A step over the run's limits is refused before
+it is kept, and every later one too: the request's answer then fails the run with that error.
 """
 
 from __future__ import annotations
@@ -10,14 +11,20 @@ from __future__ import annotations
 from typing import Any
 
 from .._faults import fault
-from ..errors import RunCancelledError
+from .._limits import Budget
+from ..errors import LimitExceededError, RunCancelledError
 from .store import FunctionRecord, HistoryRecord, QueueItem, Store, now_ms
 from .watch import Watchers
 
 
 class StepBuffer:
     def __init__(
-        self, store: Store, watchers: Watchers, item: QueueItem, fn: FunctionRecord
+        self,
+        store: Store,
+        watchers: Watchers,
+        item: QueueItem,
+        fn: FunctionRecord,
+        budget: Budget | None = None,
     ) -> None:
         self.store = store
         self.watchers = watchers
@@ -25,8 +32,21 @@ class StepBuffer:
         self.fn = fn
         self.count = 0
         self.buffer: list[tuple[HistoryRecord, dict[str, Any]]] = []
+        self.budget = budget if budget is not None else Budget()
+        self.exceeded: LimitExceededError | None = None  # then nothing more is kept
+
+    def _within_limits(self, op: dict[str, Any]) -> None:
+        if self.exceeded is None:
+            try:
+                self.budget.add_steps(1)
+                self.budget.store(f"the output of step {op['displayName']!r}", op.get("data"))
+            except LimitExceededError as err:
+                self.exceeded = err
+        if self.exceeded is not None:
+            raise LimitExceededError(str(self.exceeded), self.exceeded.limit, self.exceeded.value)
 
     async def record(self, op: dict[str, Any]) -> None:
+        self._within_limits(op)
         now = now_ms()
         attempt = self.item.attempt if self.count == 0 else 0
         self.count += 1
@@ -52,6 +72,8 @@ class StepBuffer:
         self.watchers.emit("step", details)
 
     async def flush(self) -> None:
+        if self.exceeded is not None:
+            raise LimitExceededError(str(self.exceeded), self.exceeded.limit, self.exceeded.value)
         while self.buffer:
             rec, memo = self.buffer[0]
             if not await self.store.checkpoint(rec, memo):

@@ -18,9 +18,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .._faults import fault
+from .._limits import Budget, RunLimits, Usage
 from .._steps import Checkpoints
-from ..protocol import execution_request
-from . import answers, claiming, intake, lifecycle, timers
+from ..errors import error_payload
+from ..protocol import Header, execution_request
+from . import answers, claiming, intake, lifecycle, limits, timers
 from .checkpoints import StepBuffer
 from .registry import Registry
 from .store import FunctionRecord, ItemKind, QueueItem, RunRecord, Store, Tx, now_ms
@@ -39,6 +41,8 @@ class Limits:
     concurrency: int = 64
     lease_ms: int = 30_000
     poll_interval: float = 1.0
+    #: What a run may store, unless its function says otherwise.
+    run: RunLimits = dataclasses.field(default_factory=RunLimits)
 
 
 class Dispatcher:
@@ -203,9 +207,14 @@ class Dispatcher:
         self, fn: FunctionRecord, item: QueueItem, run: RunRecord, memos: dict[str, Any]
     ) -> None:
         started = now_ms()
-        request = _request_body(run, item, memos, fn.retries)
-        steps = StepBuffer(self.store, self.watchers, item, fn)
-        result = await self._call(fn, item, request, steps)
+        bounds = limits.for_function(fn, self.limits.run)
+        used = Usage.of(memos)
+        request = _request_body(run, item, memos, fn.retries, Budget(bounds, used))
+        steps = StepBuffer(self.store, self.watchers, item, fn, Budget(bounds, used))
+        result = await self._call(fn, item, request, steps, bounds.answer_bound)
+        if steps.exceeded is not None:  # a step went over a limit: whatever came after, fail
+            no_retry = {Header.NO_RETRY: "true"}
+            result = CallResult(500, no_retry, error_payload(steps.exceeded))
         if steps.count:  # steps were checkpointed: the answer reports a later step's attempt
             item = dataclasses.replace(item, attempt=0)
         answered = item
@@ -219,7 +228,8 @@ class Dispatcher:
             for rec, memo in steps.buffer:  # finished steps not yet stored: now, with the answer
                 if await unit.tx.put_memo(rec.run_id, rec.step, memo):
                     await unit.tx.add_history(rec)
-            await answers.apply(unit, answered, current, result, started)
+            usage = steps.budget.usage
+            await answers.apply(unit, answered, current, result, started, bounds, usage)
             return unit.finished_run(run.run_id) or current
 
         after = await self.atomic(body)
@@ -228,7 +238,12 @@ class Dispatcher:
         self._report(fn, item, result, after)
 
     async def _call(
-        self, fn: FunctionRecord, item: QueueItem, request: dict[str, Any], steps: StepBuffer
+        self,
+        fn: FunctionRecord,
+        item: QueueItem,
+        request: dict[str, Any],
+        steps: StepBuffer,
+        max_body: int,
     ) -> CallResult:
         target = item.step if item.kind is ItemKind.STEP else None
         renew = asyncio.create_task(self._renew(item))
@@ -236,7 +251,7 @@ class Dispatcher:
             if self.inproc.serves(fn.url):
                 hooks = Checkpoints(record=steps.record, flush=steps.flush)
                 return await self.inproc.call(Call(fn, target, request, hooks))
-            return await self.http.call(Call(fn, target, request))
+            return await self.http.call(Call(fn, target, request, max_body=max_body))
         except Exception as err:
             _log.exception("calling %s failed", fn.fn_id)
             return CallResult(500, {}, {"name": type(err).__name__, "message": str(err)})
@@ -272,7 +287,7 @@ class Dispatcher:
 
 
 def _request_body(
-    run: RunRecord, item: QueueItem, memos: dict[str, Any], retries: int
+    run: RunRecord, item: QueueItem, memos: dict[str, Any], retries: int, budget: Budget
 ) -> dict[str, Any]:
     """The execution request for `item` of `run` (PROTOCOL.md section 4)."""
     return execution_request(
@@ -285,4 +300,5 @@ def _request_body(
         disable_immediate_execution=bool(
             item.payload and item.payload.get("disable_immediate_execution")
         ),
+        limits=budget.to_wire(),
     )

@@ -4,6 +4,8 @@ calling the app's functions in-process. Adapters start and stop it with the app.
 `DURABLE_DIR` moves the directory; `DURABLE_DATABASE_URL` (`postgresql://...`) puts the store in
 PostgreSQL instead, where every worker process of the app runs an orchestrator of its own;
 `DURABLE_FAST_RETRIES=1` shrinks the retry backoff to 50 ms, 100 ms, ... for development.
+`DURABLE_MAX_STEP_OUTPUT`, `DURABLE_MAX_RUN_OUTPUT_TOTAL` and `DURABLE_MAX_STEPS` change the
+limits of every function's runs (`durable_core.Limits`).
 
 On SQLite one process of the app owns the store and hosts the orchestrator; the other worker
 processes of a multi-process server forward events, invokes and API requests to it over a Unix
@@ -33,8 +35,9 @@ from starlette.types import Receive, Scope, Send
 
 from .._execute import run_coroutine_blocking
 from ..app import Durable
-from ..errors import DurableError, FunctionNotFoundError
+from ..errors import ConfigError, DurableError, FunctionNotFoundError
 from ..events import Event
+from ..options import Limits
 from ..protocol import SDK_NAME
 from . import local_socket
 from .api import Api, run_json
@@ -79,6 +82,10 @@ class Embedded:
         fast = os.environ.get("DURABLE_FAST_RETRIES", "").lower() in ("1", "true", "yes")
         self.backoff = backoff if backoff is not None else FAST_BACKOFF if fast else DEFAULT_BACKOFF
         self.concurrency = concurrency
+        try:
+            self.limits = Limits.from_env(os.environ)  # DURABLE_MAX_STEP_OUTPUT, ...
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if not durable.dev and not durable.signing_key:
             durable.signing_key = load_or_create_key(self.directory)
         self._reset()
@@ -116,6 +123,7 @@ class Embedded:
             event_keys=([d.event_key] if d.event_key else []) if production else None,
             backoff=self.backoff,
             concurrency=self.concurrency,
+            limits=self.limits,
         )
         url = orch.inproc.add(d)
         configs = [cfg for fn in d.functions for cfg in fn.configs(url)]

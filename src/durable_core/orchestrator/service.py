@@ -13,7 +13,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from .._limits import RunLimits
 from ..events import Event
+from ..options import Limits as RunLimitOptions
 from ..protocol import SystemEvent
 from . import intake, lifecycle
 from .dispatch import Dispatcher, Limits
@@ -42,15 +44,20 @@ class Orchestrator:
         lease_ms: int = 30_000,
         poll_interval: float = 1.0,
         request_timeout: float = 300.0,
+        limits: RunLimitOptions | None = None,
     ) -> None:
+        """`limits`: what a run may store, for every function that does not set its own
+        (`durable_core.Limits`; unset fields keep the defaults: 4 MB per output, 32 MB of
+        step results per run, 20,000 steps per run)."""
         self.store = store
         self.signing_key = signing_key
         self.event_keys = set(event_keys) if event_keys is not None else None
         self.functions = Registry()
         self.watchers = Watchers()
-        limits = Limits(tuple(backoff), concurrency, lease_ms, poll_interval)
+        self.run_limits = limits.over(RunLimits()) if limits is not None else RunLimits()
+        settings = Limits(tuple(backoff), concurrency, lease_ms, poll_interval, self.run_limits)
         http = HttpTransport(signing_key=signing_key, timeout=request_timeout)
-        self.dispatcher = Dispatcher(store, self.functions, self.watchers, limits, http)
+        self.dispatcher = Dispatcher(store, self.functions, self.watchers, settings, http)
         self.scheduler = Scheduler(self.dispatcher, self.functions)
         self._background: set[asyncio.Task[None]] = set()
 

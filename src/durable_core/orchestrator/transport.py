@@ -1,6 +1,7 @@
 """How the orchestrator calls an app: one method, two implementations.
 
-- `HttpTransport`: httpx, the body as signed JCS canonical JSON, with a timeout.
+- `HttpTransport`: httpx, the body as signed JCS canonical JSON, with a timeout; an answer is
+  read only up to the call's `max_body` (streamed: a longer one is dropped unread).
 - `InProcessTransport`: the app shares the process; call the core executor directly (no HTTP,
   no JSON), and let the SDK checkpoint each finished step straight into the store.
 """
@@ -32,17 +33,21 @@ class CallResult:
     status: int
     headers: dict[str, str]
     body: Any
+    #: The answer was longer than the call's `max_body`: it was not read (`body` says so).
+    too_large: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Call:
     """One execution request to an app: `target` is the planned step to run (None: find and
-    run what comes next); `checkpoint` keeps finished steps (in-process calls only)."""
+    run what comes next); `checkpoint` keeps finished steps (in-process calls only);
+    `max_body` bounds the bytes of an answer read over HTTP."""
 
     fn: FunctionRecord
     target: str | None
     request: dict[str, Any]
     checkpoint: Checkpoint | None = None
+    max_body: int | None = None
 
 
 class Transport(Protocol):
@@ -63,27 +68,55 @@ class HttpTransport:
 
     async def call(self, call: Call) -> CallResult:
         fn, body = call.fn, bytes(rfc8785.dumps(call.request))
-        headers = {"content-type": "application/json", Header.SERVER_KIND: "dev"}
+        headers = {
+            "content-type": "application/json",
+            "accept-encoding": "identity",  # what is read is what was sent: no inflation
+            Header.SERVER_KIND: "dev",
+        }
         if self._signing_key:
             headers[Header.SERVER_KIND] = "cloud"
             headers[Header.SIGNATURE] = signing.sign(body, self._signing_key)
         try:
             url = step_url(fn.url, call.target)
-            res = await self._client.post(url, content=body, headers=headers)
+            async with self._client.stream("POST", url, content=body, headers=headers) as res:
+                status, got = res.status_code, {k.lower(): v for k, v in res.headers.items()}
+                raw = await _read(res, call.max_body)
         except httpx.HTTPError as err:
             return CallResult(
                 599,
                 {},
                 {"name": type(err).__name__, "message": f"could not call {fn.url}: {err}"},
             )
+        if raw is None:
+            message = f"HTTP {status}: the answer was longer than {call.max_body} bytes; not read"
+            return CallResult(status, got, {"name": "AnswerTooLarge", "message": message}, True)
         try:
-            parsed = res.json()
+            parsed = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            parsed = {"name": "InvalidResponse", "message": res.text[:2000]}
-        return CallResult(res.status_code, {k.lower(): v for k, v in res.headers.items()}, parsed)
+            text = raw[:8000].decode("utf-8", errors="replace")
+            parsed = {"name": "InvalidResponse", "message": text[:2000]}
+        return CallResult(status, got, parsed)
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+async def _read(res: httpx.Response, bound: int | None) -> bytes | None:
+    """The answer's body, or None as soon as it proves longer than `bound` (the rest is
+    never read: leaving the stream closes the connection)."""
+    if bound is None:
+        return await res.aread()
+    declared = res.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > bound:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in res.aiter_bytes():
+        size += len(chunk)
+        if size > bound:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class InProcessTransport:
