@@ -12,7 +12,6 @@ import pytest
 
 from durable_core import ConfigError
 from durable_core.orchestrator.expressions import index_term
-from durable_core.orchestrator.sqlite_store import MIGRATIONS, SqliteStore
 from durable_core.orchestrator.store import (
     ItemKind,
     RunFilter,
@@ -21,6 +20,7 @@ from durable_core.orchestrator.store import (
     WaitRecord,
     now_ms,
 )
+from durable_core.orchestrator.store.sqlite import MIGRATIONS, SqliteStore
 
 from .conftest import sqlite_only
 

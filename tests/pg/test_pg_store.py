@@ -17,9 +17,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from durable_core import ConfigError
-from durable_core.orchestrator import pg_store
 from durable_core.orchestrator.core import FAST_BACKOFF, Machine
-from durable_core.orchestrator.pg_store import MIGRATIONS, PostgresStore
 from durable_core.orchestrator.store import (
     AppRecord,
     EventRecord,
@@ -28,8 +26,10 @@ from durable_core.orchestrator.store import (
     RunRecord,
     RunStatus,
     now_ms,
+    open_store,
+    postgres,
 )
-from durable_core.orchestrator.stores import open_store
+from durable_core.orchestrator.store.postgres import MIGRATIONS, PostgresStore
 
 LEASE = 30_000
 DEADLINE = 10.0
@@ -161,7 +161,7 @@ async def test_a_new_migration_is_applied_once_on_top_of_the_current_schema(
     await first.close()
 
     monkeypatch.setattr(
-        pg_store, "MIGRATIONS", [*MIGRATIONS, "CREATE TABLE extra (x INTEGER NOT NULL)"]
+        postgres, "MIGRATIONS", [*MIGRATIONS, "CREATE TABLE extra (x INTEGER NOT NULL)"]
     )
     a, b = await stores(opened=False), await stores(opened=False)
     await asyncio.gather(a.open(), b.open())

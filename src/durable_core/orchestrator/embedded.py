@@ -39,8 +39,8 @@ from . import local_socket
 from .api import Api, run_json
 from .core import DEFAULT_BACKOFF, FAST_BACKOFF
 from .runtime import Orchestrator
-from .sqlite_store import SqliteStore, StoreLockedError
-from .stores import open_store
+from .store import open_store
+from .store.sqlite import SqliteStore, StoreLockedError
 
 T = TypeVar("T")
 _log = logging.getLogger("durable.orchestrator")

@@ -15,9 +15,10 @@ import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..errors import ConfigError
-from . import expressions
-from .store import (
+from ...errors import ConfigError
+from .. import expressions
+from .interface import Store, Tx
+from .records import (
     ENDED_SQL,
     RUN_JSON_COLUMNS,
     AppRecord,
@@ -29,8 +30,6 @@ from .store import (
     RunFilter,
     RunRecord,
     RunStatus,
-    Store,
-    Tx,
     WaitRecord,
     dump,
     item_from_row,

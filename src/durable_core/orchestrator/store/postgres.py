@@ -24,9 +24,10 @@ import psycopg_pool
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from ..errors import ConfigError
-from . import expressions
-from .store import (
+from ...errors import ConfigError
+from .. import expressions
+from .interface import Notify, Store, Tx
+from .records import (
     ENDED_SQL,
     RUN_JSON_COLUMNS,
     AppRecord,
@@ -34,13 +35,10 @@ from .store import (
     FunctionRecord,
     HistoryRecord,
     ItemKind,
-    Notify,
     QueueItem,
     RunFilter,
     RunRecord,
     RunStatus,
-    Store,
-    Tx,
     WaitRecord,
     dump,
     item_from_row,

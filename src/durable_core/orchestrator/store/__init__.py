@@ -1,0 +1,11 @@
+"""The orchestrator's store: what it keeps (`records`), the transactions it needs
+(`interface`), the two databases (`sqlite`, `postgres`), and `open_store(url)` to pick one."""
+
+from __future__ import annotations
+
+from . import records
+from .interface import Notify, Store, Tx
+from .records import *  # noqa: F403 - the records, enums and row helpers
+from .url import open_store
+
+__all__ = [*records.__all__, "Notify", "Store", "Tx", "open_store"]
