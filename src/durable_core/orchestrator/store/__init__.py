@@ -1,5 +1,6 @@
 """The orchestrator's store: what it keeps (`records`), the transactions it needs
-(`interface`), the two databases (`sqlite`, `postgres`), and `open_store(url)` to pick one."""
+(`interface`), their statements written once (`sql`, `sql_queue`) for the two databases
+(`sqlite`, `postgres`), the schema (`schema`), and `open_store(url)` to pick one."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The store interface: the transactions the orchestrator needs.
 
-Every state change that must survive a crash happens inside one `transaction()`. A database is
-one small module implementing `Store` and `Tx` (`sqlite.py`, `postgres.py`).
+Every state change that must survive a crash happens inside one `transaction()`. Both
+databases share one implementation of `Tx` (`sql.py`); `sqlite.py` and `postgres.py` connect,
+migrate, open transactions and lock.
 """
 
 from __future__ import annotations
