@@ -8,11 +8,12 @@ a time means no row needs locking: the statements are those of `sql.py`, in SQLi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import Any
 
 from ...errors import ConfigError
@@ -47,6 +48,40 @@ class _Conn:
 
     async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self.db.executemany(sql, rows)
+
+
+class _Held(AbstractAsyncContextManager[Tx]):
+    """The store's connection for one `async with`, under the store's lock: a transaction
+    (`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` if the body raises), or plain reads.
+
+    A class rather than `@asynccontextmanager`: every step of a run opens one, and a generator
+    based context manager costs about three times as much."""
+
+    __slots__ = ("_begin", "_store")
+
+    def __init__(self, store: SqliteStore, *, begin: bool) -> None:
+        self._store = store
+        self._begin = begin
+
+    async def __aenter__(self) -> Tx:
+        store = self._store
+        await store._lock.acquire()
+        if self._begin:
+            try:
+                store.db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                store._lock.release()
+                raise
+        return SqlTx(store._conn, SQLITE)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self._begin:
+                self._store.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        finally:
+            self._store._lock.release()
 
 
 class StoreLockedError(ConfigError):
@@ -94,16 +129,8 @@ class SqliteStore(Store):
                 self.db.execute("ROLLBACK")
                 raise
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
-        async with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield SqlTx(self._conn, SQLITE)
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        return _Held(self, begin=True)
 
     async def checkpoint(self, rec: HistoryRecord, memo: Any) -> bool:
         async with self.transaction() as tx:
@@ -114,10 +141,8 @@ class SqliteStore(Store):
                 await tx.add_history(rec)
             return True
 
-    @contextlib.asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[Tx]:
-        async with self._lock:
-            yield SqlTx(self._conn, SQLITE)
+    def snapshot(self) -> AbstractAsyncContextManager[Tx]:
+        return _Held(self, begin=False)
 
     async def close(self) -> None:
         self.db.close()
