@@ -145,7 +145,7 @@ def dev(
 
     from .orchestrator.api import Api
     from .orchestrator.service import Orchestrator
-    from .orchestrator.sqlite_store import SqliteStore
+    from .orchestrator.store.sqlite import SqliteStore
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -243,7 +243,7 @@ def start(
 
     from .orchestrator.api import Api
     from .orchestrator.service import Orchestrator
-    from .orchestrator.stores import open_store
+    from .orchestrator.store import open_store
     from .signing import hashed_signing_key
 
     keys = list(event_keys) or [

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psycopg
 
-from durable_core.orchestrator.pg_store import PostgresStore
+from durable_core.orchestrator.store.postgres import PostgresStore
 
 from . import WORKERS, by_pair, check_ledger, check_outputs, cluster, read_ledger
 from .ledger_app import KINDS, PLANS, steps_of

@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from durable_core import Context, Durable, NonRetriableError, TriggerEvent
 from durable_core.orchestrator.api import MAX_BODY, Api
 from durable_core.orchestrator.service import Orchestrator
-from durable_core.orchestrator.stores import open_store
+from durable_core.orchestrator.store import open_store
 from durable_core.signing import hashed_signing_key
 
 from .conftest import API, Harness, StartFactory, sqlite_only

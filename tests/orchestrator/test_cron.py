@@ -16,8 +16,7 @@ from durable_core import ConfigError, Context, Durable, TriggerCron
 from durable_core.orchestrator import cron
 from durable_core.orchestrator.embedded import Embedded
 from durable_core.orchestrator.service import Orchestrator
-from durable_core.orchestrator.store import RunFilter, now_ms
-from durable_core.orchestrator.stores import open_store
+from durable_core.orchestrator.store import RunFilter, now_ms, open_store
 
 SPEC = "* * * * *"
 KEY = f"cron-tick|{SPEC}"
@@ -165,7 +164,7 @@ async def test_a_bad_schedule_in_a_registration_is_a_400(tmp_path: Path) -> None
     from starlette.testclient import TestClient
 
     from durable_core.orchestrator.api import Api
-    from durable_core.orchestrator.sqlite_store import SqliteStore
+    from durable_core.orchestrator.store.sqlite import SqliteStore
 
     orch = Orchestrator(SqliteStore(str(tmp_path / "reg.db")))
     runtime = {"type": "http", "url": "http://127.0.0.1:9/api?fnId=a-f&stepId=step"}

@@ -29,7 +29,7 @@ from adapters.fastapi import Serve
 from durable_core import Context, Durable, Limits, TriggerEvent
 from durable_core.orchestrator.api import Api
 from durable_core.orchestrator.service import Orchestrator
-from durable_core.orchestrator.stores import open_store
+from durable_core.orchestrator.store import open_store
 
 from .conftest import DEADLINE, FINISHED, UvicornApp, free_port, sqlite_only, wait_until
 from .test_cli import Dev, durable_command

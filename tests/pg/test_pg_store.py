@@ -17,8 +17,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from durable_core import ConfigError
-from durable_core.orchestrator import lifecycle, pg_store
-from durable_core.orchestrator.pg_store import MIGRATIONS, PostgresStore
+from durable_core.orchestrator import lifecycle
 from durable_core.orchestrator.registry import Registry
 from durable_core.orchestrator.service import FAST_BACKOFF
 from durable_core.orchestrator.store import (
@@ -29,8 +28,10 @@ from durable_core.orchestrator.store import (
     RunRecord,
     RunStatus,
     now_ms,
+    open_store,
+    postgres,
 )
-from durable_core.orchestrator.stores import open_store
+from durable_core.orchestrator.store.postgres import MIGRATIONS, PostgresStore
 from durable_core.orchestrator.unit import Unit
 
 LEASE = 30_000
@@ -163,7 +164,7 @@ async def test_a_new_migration_is_applied_once_on_top_of_the_current_schema(
     await first.close()
 
     monkeypatch.setattr(
-        pg_store, "MIGRATIONS", [*MIGRATIONS, "CREATE TABLE extra (x INTEGER NOT NULL)"]
+        postgres, "MIGRATIONS", [*MIGRATIONS, "CREATE TABLE extra (x INTEGER NOT NULL)"]
     )
     a, b = await stores(opened=False), await stores(opened=False)
     await asyncio.gather(a.open(), b.open())

@@ -35,15 +35,15 @@ from starlette.types import Receive, Scope, Send
 
 from .._execute import run_coroutine_blocking
 from ..app import Durable
-from ..errors import ConfigError, DurableError, FunctionNotFoundError
+from ..errors import ConfigError, DurableError, FunctionNotFoundError, StoreLockedError
 from ..events import Event
 from ..options import Limits
 from ..protocol import SDK_NAME
 from . import local_socket
 from .api import Api, run_json
 from .service import DEFAULT_BACKOFF, FAST_BACKOFF, Orchestrator
-from .sqlite_store import SqliteStore, StoreLockedError
-from .stores import open_store
+from .store import open_store
+from .store.sqlite import SqliteStore
 
 T = TypeVar("T")
 _log = logging.getLogger("durable.orchestrator")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import urllib.parse
 
-from ..errors import ConfigError
-from .store import Store
+from ...errors import ConfigError
+from .interface import Store
 
 
 def _take_schema(url: str) -> tuple[str, str | None]:
@@ -22,12 +22,14 @@ def open_store(url: str) -> Store:
     """A store for `url`; call `await store.open()` before use (the orchestrator does)."""
     if url.startswith(("postgresql://", "postgres://")):
         try:
-            from .pg_store import PostgresStore
+            from .postgres import PostgresStore
         except ImportError:
-            raise ConfigError("PostgreSQL needs psycopg: pip install 'durable[postgres]'") from None
+            raise ConfigError(
+                "PostgreSQL needs psycopg: pip install 'durable-core[postgres]'"
+            ) from None
         dsn, schema = _take_schema(url)
         return PostgresStore(dsn, schema=schema)
-    from .sqlite_store import SqliteStore
+    from .sqlite import SqliteStore
 
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")

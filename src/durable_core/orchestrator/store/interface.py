@@ -1,231 +1,33 @@
-"""The store interface: what the orchestrator keeps, and the transactions it needs.
+"""The store interface: the transactions the orchestrator needs.
 
-Every state change that must survive a crash happens inside one `transaction()`. A database
-is one small module implementing `Store` and `Tx` (SQLite: `sqlite_store.py`).
+Every state change that must survive a crash happens inside one `transaction()`. Both
+databases share one implementation of `Tx` (`sql.py`); `sqlite.py` and `postgres.py` connect,
+migrate, open transactions and lock.
 """
 
 from __future__ import annotations
 
 import abc
-import dataclasses
-import enum
-import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-# -- rows: both databases keep payloads as JSON text and map rows the same way ---------------
-
-RUN_JSON_COLUMNS = frozenset({"events", "output", "error"})
-
-
-class Row(Protocol):
-    def __getitem__(self, key: str) -> Any: ...
-
-
-def dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def run_from_row(r: Row) -> RunRecord:
-    return RunRecord(
-        run_id=r["run_id"],
-        fn_id=r["fn_id"],
-        app_id=r["app_id"],
-        status=RunStatus(r["status"]),
-        events=json.loads(r["events"]),
-        created_at=r["created_at"],
-        started_at=r["started_at"],
-        ended_at=r["ended_at"],
-        output=load(r["output"]),
-        error=load(r["error"]),
-        parent_run_id=r["parent_run_id"],
-        parent_step=r["parent_step"],
-        reason=r["reason"],
-        batch_parallel=bool(r["batch_parallel"]),
-    )
-
-
-def item_from_row(r: Row) -> QueueItem:
-    return QueueItem(
-        r["id"],
-        r["run_id"],
-        ItemKind(r["kind"]),
-        r["step"],
-        r["attempt"],
-        r["available_at"],
-        load(r["payload"]),
-        load(r["flow"]),
-    )
-
-
-def rank(available_at: int, flow: dict[str, Any] | None) -> int:
-    """Where a flow-controlled item waits in line: its due time, moved by its priority."""
-    return available_at - int((flow or {}).get("p", 0))
-
-
-#: SQL for the statuses a run ends in.
-ENDED_SQL = "('completed','failed','cancelled','skipped')"
-
-
-def wait_from_row(r: Row) -> WaitRecord:
-    return WaitRecord(
-        r["run_id"],
-        r["step"],
-        r["event_name"],
-        r["expression"],
-        json.loads(r["trigger_event"]),
-        r["expires_at"],
-    )
-
-
-class RunStatus(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SLEEPING = "sleeping"
-    WAITING = "waiting"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    SKIPPED = "skipped"  # flow control decided the event starts no run (the reason says why)
-
-    @property
-    def finished(self) -> bool:
-        return self in (
-            RunStatus.COMPLETED,
-            RunStatus.FAILED,
-            RunStatus.CANCELLED,
-            RunStatus.SKIPPED,
-        )
-
-
-class ItemKind(enum.StrEnum):
-    DISCOVERY = "discovery"  # call the function (stepId=step)
-    STEP = "step"  # run one planned step (stepId=<hashed id>)
-    RESUME = "resume"  # a timer: store `payload.memo` for `step` unless already resolved
-    FLUSH = "flush"  # a timer: start a debounced or batched run if its time has come
-    TIMEOUT = "timeout"  # a timer: cancel a run past its `timeouts.start` or `timeouts.finish`
-
-
-@dataclasses.dataclass(slots=True)
-class AppRecord:
-    app_id: str
-    url: str
-    sdk: str
-    framework: str
-    updated_at: int
-
-
-@dataclasses.dataclass(slots=True)
-class FunctionRecord:
-    fn_id: str
-    app_id: str
-    name: str
-    config: dict[str, Any]
-
-    @property
-    def url(self) -> str:
-        return str(self.config["steps"]["step"]["runtime"]["url"])
-
-    @property
-    def retries(self) -> int:
-        retries = self.config["steps"]["step"].get("retries") or {}
-        return int(retries.get("attempts", 4))
-
-
-@dataclasses.dataclass(slots=True)
-class EventRecord:
-    internal_id: str
-    name: str
-    data: dict[str, Any]
-    event_id: str
-    ts: int
-    received_at: int
-    raw: dict[str, Any]
-
-
-@dataclasses.dataclass(slots=True)
-class RunRecord:
-    run_id: str
-    fn_id: str
-    app_id: str
-    status: RunStatus
-    events: list[dict[str, Any]]
-    created_at: int
-    started_at: int | None = None
-    ended_at: int | None = None
-    output: Any = None
-    error: dict[str, Any] | None = None
-    parent_run_id: str | None = None
-    parent_step: str | None = None
-    reason: str | None = None
-    batch_parallel: bool = False
-
-
-@dataclasses.dataclass(slots=True)
-class QueueItem:
-    id: int
-    run_id: str
-    kind: ItemKind
-    step: str | None
-    attempt: int
-    available_at: int
-    payload: dict[str, Any] | None = None
-    #: Flow control of a discovery or step request: `c` concurrency keys [key, limit, label],
-    #: `t` throttle [key, limit, period ms, burst, label], `p` priority in ms, `w` set once the
-    #: item has waited (its run's reason then says why).
-    flow: dict[str, Any] | None = None
-
-
-@dataclasses.dataclass(slots=True)
-class WaitRecord:
-    run_id: str
-    step: str
-    event_name: str
-    expression: str | None
-    trigger_event: dict[str, Any]
-    expires_at: int
-
-
-@dataclasses.dataclass(slots=True)
-class HistoryRecord:
-    run_id: str
-    step: str
-    name: str
-    op: str
-    attempt: int
-    started_at: int
-    ended_at: int | None
-    output: Any = None
-    error: dict[str, Any] | None = None
-    id: int | None = None
-
-
-@dataclasses.dataclass(slots=True)
-class RunFilter:
-    fn_id: str | None = None
-    status: RunStatus | None = None
-    limit: int = 50
-    before: int | None = None
+from .records import (
+    AppRecord,
+    EventRecord,
+    FunctionRecord,
+    HistoryRecord,
+    ItemKind,
+    QueueItem,
+    RunFilter,
+    RunRecord,
+    RunStatus,
+    WaitRecord,
+)
 
 
 class Tx(abc.ABC):
     """One transaction. Methods are async so a networked database fits the same shape."""
-
-    #: Items this process leased while queueing them, to run once the transaction commits.
-    taken: list[tuple[QueueItem, RunRecord]]
-    #: Runs this transaction finished, as they ended.
-    finished: list[RunRecord]
 
     # apps and functions
     @abc.abstractmethod
@@ -413,24 +215,3 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
-
-
-__all__ = [
-    "AppRecord",
-    "AsyncIterator",
-    "EventRecord",
-    "FunctionRecord",
-    "HistoryRecord",
-    "ItemKind",
-    "Notify",
-    "QueueItem",
-    "RunFilter",
-    "RunRecord",
-    "RunStatus",
-    "Store",
-    "Tx",
-    "WaitRecord",
-    "item_from_row",
-    "now_ms",
-    "rank",
-]
