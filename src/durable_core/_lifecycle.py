@@ -193,10 +193,14 @@ class StepLifecycle:
 
     @staticmethod
     def _restore_event(memo: Memo) -> Event | None:
+        if memo.error is not None:  # the orchestrator could not keep the wait (a bad `if`)
+            raise memo.error
         return None if memo.data is None else Event.model_validate(memo.data)
 
     @staticmethod
     def _restore_signal(memo: Memo) -> Signal | None:
+        if memo.error is not None:  # SignalConflict: another run holds the name
+            raise memo.error
         return None if memo.data is None else Signal.model_validate(memo.data)
 
     @staticmethod

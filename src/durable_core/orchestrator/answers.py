@@ -195,7 +195,9 @@ async def _wait_for_signal(a: _Answer, op: _Op) -> None:
     replace = op.opts.get("conflict") != "fail"
     if not await a.unit.tx.add_signal(signal, a.run.run_id, op.step, replace):
         err = run_error(
-            RunErrorName.SIGNAL_CONFLICT, f"another run already waits for signal {signal!r}"
+            RunErrorName.SIGNAL_CONFLICT,
+            f"step {op.name!r}: another run already waits for signal {signal!r} and "
+            'on_conflict is "fail"',
         )
         a.immediate.append((op.step, {"error": err}))
         return
