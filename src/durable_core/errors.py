@@ -4,6 +4,7 @@
     ├── NonRetriableError          fail the run now, no more attempts
     │   ├── SerializationError     a value cannot be stored as JSON
     │   ├── NestedStepError        a step was called inside another step
+    │   ├── InvalidStepError       a step was called with an argument that can never work
     │   └── NonDeterminismError    replay met steps the stored history does not know
     ├── RetryAfterError            retry, but not before `after`
     ├── StepError                  a step failed for good; user code may catch it
@@ -62,6 +63,13 @@ class SerializationError(NonRetriableError):
 
 class NestedStepError(NonRetriableError):
     code = "step_nested"
+
+
+class InvalidStepError(NonRetriableError):
+    """A step was called with an argument no retry can fix (a bad duration, date, id or
+    expression); the message names the step and the value."""
+
+    code = "step_invalid"
 
 
 class NonDeterminismError(NonRetriableError):
@@ -174,6 +182,8 @@ class RunErrorName(enum.StrEnum):
     UNSUPPORTED_OPCODE = "UnsupportedOpcode"
     INVALID_RESPONSE = "InvalidResponse"
     RUN_CANCELLED = "RunCancelled"
+    INVALID_EXPRESSION = "InvalidExpression"
+    INVALID_FUNCTION = "InvalidFunctionConfig"
 
 
 def run_error(name: RunErrorName, message: str, *, with_stack: bool = True) -> dict[str, Any]:
@@ -204,6 +214,7 @@ __all__ = [
     "DurableError",
     "FunctionNotFoundError",
     "HarnessError",
+    "InvalidStepError",
     "NestedStepError",
     "NonDeterminismError",
     "NonRetriableError",

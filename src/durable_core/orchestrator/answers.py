@@ -179,8 +179,16 @@ async def _sleep(a: _Answer, op: _Op) -> None:
 
 async def _wait_for_event(a: _Answer, op: _Op) -> None:
     event_name = str(op.opts.get("event") or op.raw.get("name"))
-    expires = a.now + _ms(op.opts.get("timeout"), WAIT_DEFAULT_MS)
     expr, trigger = op.opts.get("if"), a.run.events[0]
+    problem = expressions.problem(expr, expressions.EVENT_AND_ASYNC)
+    if problem is not None:  # a wait that could never match is not stored: its step fails
+        await a.history(op.step, op.name, op.kind)
+        what = f"step {op.name!r}: the wait's condition"
+        message = f"{what}: {problem}" if isinstance(expr, str) else f"{what} {expr!r} {problem}"
+        err = run_error(RunErrorName.INVALID_EXPRESSION, message)
+        a.immediate.append((op.step, {"error": err}))
+        return
+    expires = a.now + _ms(op.opts.get("timeout"), WAIT_DEFAULT_MS)
     wait = WaitRecord(a.run.run_id, op.step, event_name, expr, trigger, expires)
     await a.unit.tx.add_wait(wait, expressions.index_term(expr, trigger))
     a.waiting.append(op.step)
