@@ -22,7 +22,14 @@ from . import _serialize
 from ._durations import DurationLike, format_duration, to_iso_utc, to_timedelta
 from ._engine import Decision, Memo, Replay, StepInfo
 from ._faults import fault
-from .errors import InvalidStepError, NestedStepError, NonRetriableError, RetryAfterError
+from .errors import (
+    CheckpointError,
+    DurableError,
+    InvalidStepError,
+    NestedStepError,
+    NonRetriableError,
+    RetryAfterError,
+)
 from .events import Event, Events, Signal, as_events
 from .function import Function
 from .orchestrator import expressions
@@ -212,6 +219,18 @@ class StepLifecycle:
             raise self._invalid(step_id, f"cannot send {events!r}: {err}") from None
 
     # -- reporting and running ----------------------------------------------------------------
+
+    def _stopped(self, info: StepInfo, err: Exception) -> StopRequest:
+        """A checkpoint failed: the store failed, the run has ended, or the request is past
+        its deadline. The request ends with that error, recorded on the replay and raised as
+        a StopRequest, so user code cannot catch it and go on without its steps stored."""
+        if not isinstance(err, DurableError):
+            err = CheckpointError(
+                f"a step's result could not be stored when step {info.user_id!r} was reached: "
+                f"{type(err).__name__}: {err}"
+            )
+        self._replay.abort(err)
+        return StopRequest()
 
     def _report(self, info: StepInfo) -> Decision:
         """The engine's decision for a step reaching this point: its memo, run it, or park."""

@@ -70,7 +70,10 @@ class Step(StepLifecycle):
             await self._runner.park(info)  # until the function settles and this step is picked
         execution = self._execution(info, handler)
         if self._checkpoint is not None:
-            await self._checkpoint.flush()  # the previous step's result is durable before this runs
+            try:  # the previous step's result is durable before this one runs
+                await self._checkpoint.flush()
+            except Exception as err:
+                raise self._stopped(info, err) from err
         assert handler is not None
         with execution:
             out = handler(*args)
@@ -79,7 +82,10 @@ class Step(StepLifecycle):
             execution.returned(out)
         if execution.checkpointed is not None and self._checkpoint is not None:
             memo, op = execution.checkpointed
-            await self._checkpoint.record(op)
+            try:
+                await self._checkpoint.record(op)
+            except Exception as err:
+                raise self._stopped(info, err) from err
             return memo
         self._runner.notify()
         await self._runner.park(info)  # the request has ended: this never resumes
@@ -183,7 +189,10 @@ class SyncStep(StepLifecycle):
                 raise StopRequest
         execution = self._execution(info, handler)
         if self._checkpoint is not None:
-            self._checkpoint.flush()  # the previous step's result is durable before this runs
+            try:  # the previous step's result is durable before this one runs
+                self._checkpoint.flush()
+            except Exception as err:
+                raise self._stopped(info, err) from err
         assert handler is not None
         with execution:
             out = handler(*args)
@@ -197,7 +206,10 @@ class SyncStep(StepLifecycle):
             execution.returned(out)
         if execution.checkpointed is not None and self._checkpoint is not None:
             memo, op = execution.checkpointed
-            self._checkpoint.record(op)
+            try:
+                self._checkpoint.record(op)
+            except Exception as err:
+                raise self._stopped(info, err) from err
             return memo
         raise StopRequest
 

@@ -15,6 +15,7 @@
     ├── RunFailedError             an invoked run failed or was cancelled
     ├── WaitTimeoutError           an invoked run did not finish within the wait (a TimeoutError)
     ├── RunCancelledError          a step finished for a run that has already ended
+    ├── CheckpointError            a finished step could not be made durable; the request ends
     └── HarnessError               a test run misses a stub, or never ends
 
 `code` is the machine-readable name sent in error payloads; `retriable` says whether the
@@ -154,6 +155,13 @@ class RunCancelledError(DurableError):
     code = "run_cancelled"
 
 
+class CheckpointError(DurableError):
+    """A finished step's result could not be stored before the next step (a store error, or
+    the request passed its deadline): the request ends, and is retried."""
+
+    code = "checkpoint_failed"
+
+
 class HarnessError(DurableError):
     """The test set-up misses a stub, or the function never ends; the message says what to pass."""
 
@@ -184,6 +192,7 @@ class RunErrorName(enum.StrEnum):
     RUN_CANCELLED = "RunCancelled"
     INVALID_EXPRESSION = "InvalidExpression"
     INVALID_FUNCTION = "InvalidFunctionConfig"
+    REQUEST_TIMEOUT = "RequestTimeout"
 
 
 def run_error(name: RunErrorName, message: str, *, with_stack: bool = True) -> dict[str, Any]:
@@ -210,6 +219,7 @@ class ServeErrorCode(enum.StrEnum):
 
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "DurableError",
     "FunctionNotFoundError",

@@ -48,7 +48,7 @@ class Orchestrator:
         self.event_keys = set(event_keys) if event_keys is not None else None
         self.functions = Registry()
         self.watchers = Watchers()
-        limits = Limits(tuple(backoff), concurrency, lease_ms, poll_interval)
+        limits = Limits(tuple(backoff), concurrency, lease_ms, poll_interval, request_timeout)
         http = HttpTransport(signing_key=signing_key, timeout=request_timeout)
         self.dispatcher = Dispatcher(store, self.functions, self.watchers, limits, http)
         self.scheduler = Scheduler(self.dispatcher, self.functions)
