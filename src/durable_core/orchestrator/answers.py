@@ -168,8 +168,11 @@ async def _planned(a: _Answer, op: _Op) -> None:
 
 async def _sleep(a: _Answer, op: _Op) -> None:
     wake = parse_time(str(op.raw.get("name") or ""))
+    duration = op.opts.get("duration")
+    if wake is None and duration:
+        wake = parse_time(str(duration))  # a duration, or an RFC 3339 time
     if wake is None:
-        wake = a.now + _ms(op.opts.get("duration"), 0)
+        wake = a.now + _ms(duration, 0)
     a.waiting.append(op.step)
     await a.history(op.step, op.name, op.kind)
     await a.timer(op.step, wake, {"memo": None})
@@ -272,9 +275,36 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+# The duration field of each op that has one.
+_TIMED: dict[str, str] = {
+    Opcode.SLEEP: "duration",
+    Opcode.WAIT_FOR_EVENT: "timeout",
+    Opcode.WAIT_FOR_SIGNAL: "timeout",
+    Opcode.INVOKE: "timeout",
+}
+
+
+def _bad_duration(op: _Op) -> str | None:
+    """What is wrong with the op's duration (None if nothing): an op no retry can fix."""
+    field = _TIMED.get(op.kind)
+    value = op.opts.get(field) if field else None
+    if not value or (op.kind == Opcode.SLEEP and parse_time(str(value)) is not None):
+        return None
+    try:
+        duration_ms(value)
+    except ValueError:
+        return f"step {op.name!r}: opts.{field} {value!r} is not a duration"
+    return None
+
+
 async def _apply_ops(a: _Answer, ops: list[dict[str, Any]]) -> None:
     for raw in ops:
         op = _Op(raw)
+        bad = _bad_duration(op)
+        if bad is not None:  # the step gets the error at once, instead of the unit failing
+            await a.history(op.step, op.name, op.kind)
+            a.immediate.append((op.step, {"error": run_error(RunErrorName.INVALID_RESPONSE, bad)}))
+            continue
         await HANDLERS.get(op.kind, _unsupported)(a, op)
         if a.failed:
             return
