@@ -22,9 +22,17 @@ from . import _serialize
 from ._durations import DurationLike, format_duration, to_iso_utc, to_timedelta
 from ._engine import Decision, Memo, Replay, StepInfo
 from ._faults import fault
-from .errors import NestedStepError, NonRetriableError, RetryAfterError
-from .events import Event, Signal
+from .errors import (
+    CheckpointError,
+    DurableError,
+    InvalidStepError,
+    NestedStepError,
+    NonRetriableError,
+    RetryAfterError,
+)
+from .events import Event, Events, Signal, as_events
 from .function import Function
+from .orchestrator import expressions
 from .protocol import Opcode
 from .types import JSONObject
 
@@ -122,29 +130,64 @@ class StepLifecycle:
     def _declare(
         self, step_id: str, op: Opcode, name: str | None = None, opts: dict[str, Any] | None = None
     ) -> StepInfo:
+        if not isinstance(step_id, str) or not step_id:
+            raise self._invalid(None, f"a step id must be a non-empty string, not {step_id!r}")
         return self._replay.declare(step_id, op, name, opts, explicit_parallel.get())
 
+    def _invalid(self, step_id: str | None, problem: str) -> InvalidStepError:
+        """A step called with an argument no retry can fix. Recorded on the replay, so the
+        request ends with it (and the run fails) even if the function catches it."""
+        err = InvalidStepError(problem if step_id is None else f"step {step_id!r}: {problem}")
+        self._replay.abort(err)
+        return err
+
+    def _timedelta(self, step_id: str, what: str, value: object) -> _dt.timedelta:
+        try:
+            return to_timedelta(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as err:
+            raise self._invalid(step_id, f"{what} {value!r} is not a duration: {err}") from None
+
+    def _name(self, step_id: str, what: str, value: object) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self._invalid(step_id, f"{what} must be a non-empty string, not {value!r}")
+        return value
+
+    def _run(self, step_id: str, handler: object) -> StepInfo:
+        info = self._declare(step_id, Opcode.STEP_RUN)
+        if not callable(handler):
+            raise self._invalid(step_id, f"the handler {handler!r} is not callable")
+        return info
+
     def _sleep(self, step_id: str, duration: DurationLike) -> StepInfo:
-        until = _dt.datetime.now(_dt.UTC) + to_timedelta(duration)
+        until = _dt.datetime.now(_dt.UTC) + self._timedelta(step_id, "sleep duration", duration)
         return self._declare(step_id, Opcode.SLEEP, to_iso_utc(until))
 
     def _sleep_until(self, step_id: str, until: _dt.datetime) -> StepInfo:
         if not isinstance(until, _dt.datetime):
-            raise TypeError(f"sleep_until needs a datetime, not {type(until).__name__}")
+            raise self._invalid(step_id, f"sleep_until needs a datetime, not {until!r}")
         return self._declare(step_id, Opcode.SLEEP, to_iso_utc(until))
 
     def _wait_event(
         self, step_id: str, event: str, if_: str | None, timeout: DurationLike
     ) -> StepInfo:
-        opts = {"if": if_, "timeout": format_duration(timeout)}
-        return self._declare(step_id, Opcode.WAIT_FOR_EVENT, event, opts)
+        self._name(step_id, "the event to wait for", event)
+        if "*" in event:
+            raise self._invalid(step_id, f"wait_for_event cannot wait for a wildcard ({event!r})")
+        if if_ is not None and (bad := expressions.problem(if_, expressions.EVENT_AND_ASYNC)):
+            raise self._invalid(step_id, f"wait_for_event if_: {bad}")
+        wait = format_duration(self._timedelta(step_id, "wait_for_event timeout", timeout))
+        return self._declare(step_id, Opcode.WAIT_FOR_EVENT, event, {"if": if_, "timeout": wait})
 
     def _wait_signal(
         self, step_id: str, signal: str, timeout: DurationLike, on_conflict: str
     ) -> StepInfo:
+        self._name(step_id, "the signal to wait for", signal)
         if on_conflict not in ("replace", "fail"):
-            raise ValueError("on_conflict must be 'replace' or 'fail'")
-        opts = {"signal": signal, "timeout": format_duration(timeout), "conflict": on_conflict}
+            raise self._invalid(
+                step_id, f"on_conflict must be 'replace' or 'fail', not {on_conflict!r}"
+            )
+        wait = format_duration(self._timedelta(step_id, "wait_for_signal timeout", timeout))
+        opts = {"signal": signal, "timeout": wait, "conflict": on_conflict}
         return self._declare(step_id, Opcode.WAIT_FOR_SIGNAL, step_id, opts)
 
     def _invoke(
@@ -154,15 +197,40 @@ class StepLifecycle:
         data: dict[str, Any] | None,
         timeout: DurationLike | None,
     ) -> StepInfo:
+        if not isinstance(function, Function):
+            self._name(step_id, "the function to invoke (a Function or its id)", function)
+        if data is not None and not isinstance(data, dict):
+            raise self._invalid(step_id, f"invoke data must be a dict, not {data!r}")
         fn_id = function if isinstance(function, str) else function.local_id
+        limit = None
+        if timeout is not None:
+            limit = format_duration(self._timedelta(step_id, "invoke timeout", timeout))
         opts = {
             "function_id": f"{self._app_id}-{fn_id}",
             "payload": {"data": data, "v": None},
-            "timeout": None if timeout is None else format_duration(timeout),
+            "timeout": limit,
         }
         return self._declare(step_id, Opcode.INVOKE, step_id, opts)
 
+    def _events(self, step_id: str, events: Events) -> list[Event]:
+        try:
+            return as_events(events)
+        except (TypeError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+            raise self._invalid(step_id, f"cannot send {events!r}: {err}") from None
+
     # -- reporting and running ----------------------------------------------------------------
+
+    def _stopped(self, info: StepInfo, err: Exception) -> StopRequest:
+        """A checkpoint failed: the store failed, the run has ended, or the request is past
+        its deadline. The request ends with that error, recorded on the replay and raised as
+        a StopRequest, so user code cannot catch it and go on without its steps stored."""
+        if not isinstance(err, DurableError):
+            err = CheckpointError(
+                f"a step's result could not be stored when step {info.user_id!r} was reached: "
+                f"{type(err).__name__}: {err}"
+            )
+        self._replay.abort(err)
+        return StopRequest()
 
     def _report(self, info: StepInfo) -> Decision:
         """The engine's decision for a step reaching this point: its memo, run it, or park."""
@@ -193,10 +261,14 @@ class StepLifecycle:
 
     @staticmethod
     def _restore_event(memo: Memo) -> Event | None:
+        if memo.error is not None:  # the orchestrator could not keep the wait (a bad `if`)
+            raise memo.error
         return None if memo.data is None else Event.model_validate(memo.data)
 
     @staticmethod
     def _restore_signal(memo: Memo) -> Signal | None:
+        if memo.error is not None:  # SignalConflict: another run holds the name
+            raise memo.error
         return None if memo.data is None else Signal.model_validate(memo.data)
 
     @staticmethod

@@ -25,9 +25,8 @@ from ._lifecycle import (
     explicit_parallel,
 )
 from .errors import NonRetriableError
-from .events import Event, Events, Signal, as_events
+from .events import Event, Events, Signal
 from .function import Function
-from .protocol import Opcode
 from .types import AsyncSender, SyncSender
 
 T = TypeVar("T")
@@ -71,7 +70,10 @@ class Step(StepLifecycle):
             await self._runner.park(info)  # until the function settles and this step is picked
         execution = self._execution(info, handler)
         if self._checkpoint is not None:
-            await self._checkpoint.flush()  # the previous step's result is durable before this runs
+            try:  # the previous step's result is durable before this one runs
+                await self._checkpoint.flush()
+            except Exception as err:
+                raise self._stopped(info, err) from err
         assert handler is not None
         with execution:
             out = handler(*args)
@@ -80,7 +82,10 @@ class Step(StepLifecycle):
             execution.returned(out)
         if execution.checkpointed is not None and self._checkpoint is not None:
             memo, op = execution.checkpointed
-            await self._checkpoint.record(op)
+            try:
+                await self._checkpoint.record(op)
+            except Exception as err:
+                raise self._stopped(info, err) from err
             return memo
         self._runner.notify()
         await self._runner.park(info)  # the request has ended: this never resumes
@@ -94,7 +99,7 @@ class Step(StepLifecycle):
         output_type: type[T] | None = None,
     ) -> Awaitable[T]:
         """Run `handler(*args)` once, retried on error; its JSON result is stored and replayed."""
-        info = self._declare(step_id, Opcode.STEP_RUN)
+        info = self._run(step_id, handler)
 
         async def go() -> T:
             memo = await self._drive(info, handler, args)
@@ -143,7 +148,7 @@ class Step(StepLifecycle):
 
     def send_event(self, step_id: str, events: Events) -> Awaitable[list[str]]:
         """Send events (once, as a step); returns their ids."""
-        batch = as_events(events)
+        batch = self._events(step_id, events)
         return self.run(step_id, functools.partial(self._sender, batch), output_type=list[str])
 
     async def parallel(self, *callables: Callable[[], Awaitable[Any]]) -> tuple[Any, ...]:
@@ -184,7 +189,10 @@ class SyncStep(StepLifecycle):
                 raise StopRequest
         execution = self._execution(info, handler)
         if self._checkpoint is not None:
-            self._checkpoint.flush()  # the previous step's result is durable before this runs
+            try:  # the previous step's result is durable before this one runs
+                self._checkpoint.flush()
+            except Exception as err:
+                raise self._stopped(info, err) from err
         assert handler is not None
         with execution:
             out = handler(*args)
@@ -198,7 +206,10 @@ class SyncStep(StepLifecycle):
             execution.returned(out)
         if execution.checkpointed is not None and self._checkpoint is not None:
             memo, op = execution.checkpointed
-            self._checkpoint.record(op)
+            try:
+                self._checkpoint.record(op)
+            except Exception as err:
+                raise self._stopped(info, err) from err
             return memo
         raise StopRequest
 
@@ -209,7 +220,7 @@ class SyncStep(StepLifecycle):
         *args: Any,
         output_type: type[T] | None = None,
     ) -> T:
-        info = self._declare(step_id, Opcode.STEP_RUN)
+        info = self._run(step_id, handler)
         memo = self._drive(info, handler, args)
         tp = output_type if output_type is not None else _serialize.return_type(handler)
         return cast(T, self._restore(memo, tp, info))
@@ -249,7 +260,7 @@ class SyncStep(StepLifecycle):
         return cast(T, self._restore(self._drive(info), self._invoke_type(function), info))
 
     def send_event(self, step_id: str, events: Events) -> list[str]:
-        batch = as_events(events)
+        batch = self._events(step_id, events)
         return self.run(step_id, functools.partial(self._sender, batch), output_type=list[str])
 
     def parallel(self, *callables: Callable[[], Any]) -> tuple[Any, ...]:

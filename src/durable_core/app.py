@@ -29,6 +29,7 @@ from .options import (
     TriggerCron,
     TriggerEvent,
 )
+from .orchestrator import expressions, wildcards
 from .types import Handler
 
 
@@ -179,11 +180,42 @@ class Durable(Client):
 def _options(**fields: Any) -> FunctionOptions:
     """Validated options, or a ConfigError naming the first bad field."""
     try:
-        return FunctionOptions(**fields)
+        options = FunctionOptions(**fields)
     except pydantic.ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"function {fields['id']!r}: {where}: {first['msg']}") from None
+    problem = _problem(options)
+    if problem is not None:
+        raise ConfigError(f"function {options.id!r}: {problem}")
+    return options
+
+
+# The Python names of the options whose wire names differ, for messages.
+_PYTHON_NAMES = (
+    ("triggers[", "trigger["),
+    ("rateLimit", "rate_limit"),
+    ("batchEvents", "batch_events"),
+    (".if", ".if_"),
+)
+
+
+def _problem(options: FunctionOptions) -> str | None:
+    """What the orchestrator would refuse: a wildcard it does not support, or an expression
+    that does not compile or uses a variable it does not see (the option named)."""
+    for i, trig in enumerate(options.triggers):
+        if isinstance(trig, TriggerEvent) and (bad := wildcards.problem(trig.event)):
+            return f"trigger[{i}].{bad}"
+    for i, cancel in enumerate(options.cancel or []):
+        if "*" in cancel.event:
+            return f"cancel[{i}].event {cancel.event!r}: a cancel event cannot be a wildcard"
+    for where, source, sees in expressions.in_config(options.to_wire()):
+        bad = expressions.problem(source, sees)
+        if bad is not None:
+            for wire, python in _PYTHON_NAMES:
+                where = where.replace(wire, python)
+            return f"{where}: {bad}"
+    return None
 
 
 __all__ = ["Durable"]

@@ -4,6 +4,7 @@
     ├── NonRetriableError          fail the run now, no more attempts
     │   ├── SerializationError     a value cannot be stored as JSON
     │   ├── NestedStepError        a step was called inside another step
+    │   ├── InvalidStepError       a step was called with an argument that can never work
     │   ├── NonDeterminismError    replay met steps the stored history does not know
     │   └── LimitExceededError     an output, the run's stored outputs or its steps exceed a limit
     ├── RetryAfterError            retry, but not before `after`
@@ -15,6 +16,7 @@
     ├── RunFailedError             an invoked run failed or was cancelled
     ├── WaitTimeoutError           an invoked run did not finish within the wait (a TimeoutError)
     ├── RunCancelledError          a step finished for a run that has already ended
+    ├── CheckpointError            a finished step could not be made durable; the request ends
     └── HarnessError               a test run misses a stub, or never ends
 
 `code` is the machine-readable name sent in error payloads; `retriable` says whether the
@@ -63,6 +65,13 @@ class SerializationError(NonRetriableError):
 
 class NestedStepError(NonRetriableError):
     code = "step_nested"
+
+
+class InvalidStepError(NonRetriableError):
+    """A step was called with an argument no retry can fix (a bad duration, date, id or
+    expression); the message names the step and the value."""
+
+    code = "step_invalid"
 
 
 class NonDeterminismError(NonRetriableError):
@@ -159,6 +168,13 @@ class RunCancelledError(DurableError):
     code = "run_cancelled"
 
 
+class CheckpointError(DurableError):
+    """A finished step's result could not be stored before the next step (a store error, or
+    the request passed its deadline): the request ends, and is retried."""
+
+    code = "checkpoint_failed"
+
+
 class HarnessError(DurableError):
     """The test set-up misses a stub, or the function never ends; the message says what to pass."""
 
@@ -187,6 +203,9 @@ class RunErrorName(enum.StrEnum):
     UNSUPPORTED_OPCODE = "UnsupportedOpcode"
     INVALID_RESPONSE = "InvalidResponse"
     RUN_CANCELLED = "RunCancelled"
+    INVALID_EXPRESSION = "InvalidExpression"
+    INVALID_FUNCTION = "InvalidFunctionConfig"
+    REQUEST_TIMEOUT = "RequestTimeout"
     LIMIT_EXCEEDED = "LimitExceededError"  # the name the SDK's `LimitExceededError` reports too
 
 
@@ -214,10 +233,12 @@ class ServeErrorCode(enum.StrEnum):
 
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "DurableError",
     "FunctionNotFoundError",
     "HarnessError",
+    "InvalidStepError",
     "LimitExceededError",
     "NestedStepError",
     "NonDeterminismError",

@@ -18,7 +18,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import pytest
@@ -37,15 +37,23 @@ DEADLINE = 60.0
 FINISH_DEADLINE = 90.0
 READY_DEADLINE = 60.0
 RESTART_DEADLINE = 150.0
+IN_CI = os.environ.get("CI", "").lower() == "true"  # CI runs every test: nothing may skip there
+
+
+def unavailable(why: str) -> NoReturn:
+    """Skip, or in CI (where nothing may skip) fail, saying what the test needs."""
+    if IN_CI:
+        pytest.fail(f"CI must run this test: {why}")
+    pytest.skip(why)
 
 
 def local_cluster(url: str) -> tuple[str, str]:
-    """(version, name) of the local cluster serving `url`, or skip when there is none."""
+    """(version, name) of the local cluster serving `url`; without one, skip (fail in CI)."""
     parts = urllib.parse.urlsplit(url)
     if parts.hostname not in ("127.0.0.1", "localhost") or os.geteuid() != 0:
-        pytest.skip("restarting PostgreSQL needs root and a server on this machine")
+        unavailable("restarting PostgreSQL needs root and a server on this machine")
     if not shutil.which("pg_ctlcluster") or not shutil.which("pg_lsclusters"):
-        pytest.skip("restarting PostgreSQL needs pg_ctlcluster (postgresql-common)")
+        unavailable("restarting PostgreSQL needs pg_ctlcluster (postgresql-common)")
     out = subprocess.run(
         ["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True
     ).stdout
@@ -53,7 +61,7 @@ def local_cluster(url: str) -> tuple[str, str]:
         version, name, port = row.split()[:3]
         if int(port) == (parts.port or 5432):
             return version, name
-    pytest.skip(f"no local cluster listens on port {parts.port or 5432}")
+    unavailable(f"no local cluster listens on port {parts.port or 5432}")
 
 
 def restart(version: str, name: str) -> None:
@@ -153,3 +161,19 @@ def test_orchestrators_recover_from_a_postgres_restart(
 
     check_outputs(runs, PLAN)
     check_ledger(lines, PLAN, before.stored)
+
+
+@pytest.mark.parametrize("ci", [True, False])
+def test_a_missing_cluster_fails_in_ci_and_skips_elsewhere(
+    ci: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(f"{__name__}.IN_CI", ci)
+    try:
+        local_cluster("postgresql://postgres@db.example:5432/test")
+    except BaseException as err:  # a skip and a failure are both BaseExceptions
+        outcome: BaseException | None = err
+    else:
+        outcome = None
+    expected = pytest.fail.Exception if ci else pytest.skip.Exception
+    assert isinstance(outcome, expected), outcome
+    assert "restarting PostgreSQL needs root" in str(outcome)

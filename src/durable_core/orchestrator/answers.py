@@ -202,8 +202,11 @@ async def _planned(a: _Answer, op: _Op) -> None:
 
 async def _sleep(a: _Answer, op: _Op) -> None:
     wake = parse_time(str(op.raw.get("name") or ""))
+    duration = op.opts.get("duration")
+    if wake is None and duration:
+        wake = parse_time(str(duration))  # a duration, or an RFC 3339 time
     if wake is None:
-        wake = a.now + _ms(op.opts.get("duration"), 0)
+        wake = a.now + _ms(duration, 0)
     a.waiting.append(op.step)
     await a.history(op.step, op.name, op.kind)
     await a.timer(op.step, wake, {"memo": None})
@@ -213,8 +216,16 @@ async def _sleep(a: _Answer, op: _Op) -> None:
 
 async def _wait_for_event(a: _Answer, op: _Op) -> None:
     event_name = str(op.opts.get("event") or op.raw.get("name"))
-    expires = a.now + _ms(op.opts.get("timeout"), WAIT_DEFAULT_MS)
     expr, trigger = op.opts.get("if"), a.run.events[0]
+    problem = expressions.problem(expr, expressions.EVENT_AND_ASYNC)
+    if problem is not None:  # a wait that could never match is not stored: its step fails
+        await a.history(op.step, op.name, op.kind)
+        what = f"step {op.name!r}: the wait's condition"
+        message = f"{what}: {problem}" if isinstance(expr, str) else f"{what} {expr!r} {problem}"
+        err = run_error(RunErrorName.INVALID_EXPRESSION, message)
+        a.immediate.append((op.step, {"error": err}))
+        return
+    expires = a.now + _ms(op.opts.get("timeout"), WAIT_DEFAULT_MS)
     wait = WaitRecord(a.run.run_id, op.step, event_name, expr, trigger, expires)
     await a.unit.tx.add_wait(wait, expressions.index_term(expr, trigger))
     a.waiting.append(op.step)
@@ -229,7 +240,9 @@ async def _wait_for_signal(a: _Answer, op: _Op) -> None:
     replace = op.opts.get("conflict") != "fail"
     if not await a.unit.tx.add_signal(signal, a.run.run_id, op.step, replace):
         err = run_error(
-            RunErrorName.SIGNAL_CONFLICT, f"another run already waits for signal {signal!r}"
+            RunErrorName.SIGNAL_CONFLICT,
+            f"step {op.name!r}: another run already waits for signal {signal!r} and "
+            'on_conflict is "fail"',
         )
         a.immediate.append((op.step, {"error": err}))
         return
@@ -296,9 +309,36 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+# The duration field of each op that has one.
+_TIMED: dict[str, str] = {
+    Opcode.SLEEP: "duration",
+    Opcode.WAIT_FOR_EVENT: "timeout",
+    Opcode.WAIT_FOR_SIGNAL: "timeout",
+    Opcode.INVOKE: "timeout",
+}
+
+
+def _bad_duration(op: _Op) -> str | None:
+    """What is wrong with the op's duration (None if nothing): an op no retry can fix."""
+    field = _TIMED.get(op.kind)
+    value = op.opts.get(field) if field else None
+    if not value or (op.kind == Opcode.SLEEP and parse_time(str(value)) is not None):
+        return None
+    try:
+        duration_ms(value)
+    except ValueError:
+        return f"step {op.name!r}: opts.{field} {value!r} is not a duration"
+    return None
+
+
 async def _apply_ops(a: _Answer, ops: list[dict[str, Any]]) -> None:
     for raw in ops:
         op = _Op(raw)
+        bad = _bad_duration(op)
+        if bad is not None:  # the step gets the error at once, instead of the unit failing
+            await a.history(op.step, op.name, op.kind)
+            a.immediate.append((op.step, {"error": run_error(RunErrorName.INVALID_RESPONSE, bad)}))
+            continue
         await HANDLERS.get(op.kind, _unsupported)(a, op)
         if a.failed:
             return

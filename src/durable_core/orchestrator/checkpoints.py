@@ -4,17 +4,28 @@ Each step is recorded when it finishes and made durable just before the next ste
 with the request's answer), so each result is stored before anything else happens, with one
 commit per step and none extra for the last. A step over the run's limits is refused before
 it is kept, and every later one too: the request's answer then fails the run with that error.
+
+A checkpoint that fails ends the request (the SDK raises it as control flow, past the user's
+`except Exception`): a store error the store calls transient is first tried again a few
+times; a run that has ended raises RunCancelledError; once the request is past its deadline
+(`close`), every later step raises. A step recorded but not yet stored stays in `buffer`,
+to be stored with the request's answer, so a failed checkpoint never loses a result.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 from typing import Any
 
 from .._faults import fault
 from .._limits import Budget
-from ..errors import LimitExceededError, RunCancelledError
+from ..errors import CheckpointError, LimitExceededError, RunCancelledError
 from .store import FunctionRecord, HistoryRecord, QueueItem, Store, now_ms
 from .watch import Watchers
+
+ATTEMPTS = 4  # tries of one checkpoint when the store says its error is transient
+BACKOFF_S = 0.01  # before the second try; doubled for each later one, with jitter
 
 
 class StepBuffer:
@@ -34,6 +45,7 @@ class StepBuffer:
         self.buffer: list[tuple[HistoryRecord, dict[str, Any]]] = []
         self.budget = budget if budget is not None else Budget()
         self.exceeded: LimitExceededError | None = None  # then nothing more is kept
+        self.closed: str | None = None
 
     def _within_limits(self, op: dict[str, Any]) -> None:
         if self.exceeded is None:
@@ -45,7 +57,16 @@ class StepBuffer:
         if self.exceeded is not None:
             raise LimitExceededError(str(self.exceeded), self.exceeded.limit, self.exceeded.value)
 
+    def close(self, why: str) -> None:
+        """The request is over (`why`): a step it still reaches stops it."""
+        self.closed = why
+
+    def _check_open(self) -> None:
+        if self.closed is not None:
+            raise CheckpointError(f"the request of run {self.item.run_id} {self.closed}")
+
     async def record(self, op: dict[str, Any]) -> None:
+        self._check_open()
         self._within_limits(op)
         now = now_ms()
         attempt = self.item.attempt if self.count == 0 else 0
@@ -72,11 +93,26 @@ class StepBuffer:
         self.watchers.emit("step", details)
 
     async def flush(self) -> None:
+        self._check_open()
         if self.exceeded is not None:
             raise LimitExceededError(str(self.exceeded), self.exceeded.limit, self.exceeded.value)
         while self.buffer:
             rec, memo = self.buffer[0]
-            if not await self.store.checkpoint(rec, memo):
+            if not await self._store(rec, memo):
                 raise RunCancelledError(f"run {rec.run_id} has ended; its request stops here")
             fault("checkpoint.committed")
             self.buffer.pop(0)
+
+    async def _store(self, rec: HistoryRecord, memo: dict[str, Any]) -> bool:
+        for attempt in range(ATTEMPTS):
+            try:
+                return await self.store.checkpoint(rec, memo)
+            except Exception as err:
+                if attempt + 1 < ATTEMPTS and self.store.transient(err):
+                    await asyncio.sleep(BACKOFF_S * 2**attempt * (1 + random.random()))
+                    continue
+                raise CheckpointError(
+                    f"the result of step {rec.name!r} could not be stored "
+                    f"({type(err).__name__}: {err}); the request ends and is retried"
+                ) from err
+        raise AssertionError("unreachable")

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from .._faults import fault
 from .._limits import Budget, RunLimits, Usage
 from .._steps import Checkpoints
-from ..errors import error_payload
+from ..errors import RunErrorName, error_payload, run_error
 from ..protocol import Header, execution_request
 from . import answers, claiming, intake, lifecycle, limits, timers
 from .checkpoints import StepBuffer
@@ -43,6 +43,7 @@ class Limits:
     poll_interval: float = 1.0
     #: What a run may store, unless its function says otherwise.
     run: RunLimits = dataclasses.field(default_factory=RunLimits)
+    request_timeout: float = 300.0  # an in-process call's deadline, as HTTP calls have
 
 
 class Dispatcher:
@@ -250,13 +251,25 @@ class Dispatcher:
         try:
             if self.inproc.serves(fn.url):
                 hooks = Checkpoints(record=steps.record, flush=steps.flush)
-                return await self.inproc.call(Call(fn, target, request, hooks))
+                return await self._in_process(Call(fn, target, request, hooks), steps)
             return await self.http.call(Call(fn, target, request, max_body=max_body))
         except Exception as err:
             _log.exception("calling %s failed", fn.fn_id)
             return CallResult(500, {}, {"name": type(err).__name__, "message": str(err)})
         finally:
             renew.cancel()
+
+    async def _in_process(self, call: Call, steps: StepBuffer) -> CallResult:
+        """An in-process call, with the deadline an HTTP call has: past it, the request is
+        answered like an HTTP timeout, and a sync function still running in its thread
+        stops at its next step."""
+        timeout = self.limits.request_timeout
+        try:
+            return await asyncio.wait_for(self.inproc.call(call), timeout)
+        except TimeoutError:
+            steps.close(f"did not answer within {timeout:g} s")
+        message = f"{call.fn.fn_id} did not answer within {timeout:g} s (request_timeout)"
+        return CallResult(599, {}, run_error(RunErrorName.REQUEST_TIMEOUT, message))
 
     async def _renew(self, item: QueueItem) -> None:
         """Keep the item's lease while its request runs, through database hiccups too."""

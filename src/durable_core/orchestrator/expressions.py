@@ -15,36 +15,102 @@ import cel
 
 from ..errors import ConfigError
 
+#: What an expression sees: `event` (the triggering event); waits and cancellations also
+#: see `async` (the incoming event).
+EVENT_ONLY = frozenset({"event"})
+EVENT_AND_ASYNC = frozenset({"event", "async"})
+
+# Names a macro binds, like `x` in `event.data.items.exists(x, x > 1)` or `cel.bind(x, ...)`.
+_BOUND = re.compile(r"\.\s*[A-Za-z_]\w*\s*\(\s*([A-Za-z_]\w*)\s*,(?:\s*([A-Za-z_]\w*)\s*,)?")
+
 
 @functools.lru_cache(maxsize=4096)
 def compile_expression(source: str) -> Any:
     try:
         return cel.compile(source)
     except ValueError as err:
-        raise ConfigError(f"invalid CEL expression {source!r}: {err}") from None
+        detail = str(err).removeprefix(f"Failed to parse expression {source!r}: ")
+        raise ConfigError(f"invalid CEL expression {source!r}: {detail}") from None
 
 
-def check(source: str) -> None:
+@functools.lru_cache(maxsize=4096)
+def _problem(source: str, variables: frozenset[str]) -> str | None:
+    try:
+        program = compile_expression(source)
+    except ConfigError as err:
+        return str(err)
+    bound = {name for m in _BOUND.finditer(source) for name in m.groups() if name}
+    unknown = sorted(set(program.variables()) - variables - bound)
+    if unknown:
+        seen = " and ".join(f"`{v}`" for v in sorted(variables))
+        return (
+            f"invalid CEL expression {source!r}: unknown variable {unknown[0]!r} "
+            f"(this expression sees {seen})"
+        )
+    return None
+
+
+def problem(source: object, variables: frozenset[str] = EVENT_AND_ASYNC) -> str | None:
+    """What is wrong with `source` as an expression that sees `variables`; None if nothing
+    (None or an empty expression is no condition)."""
+    if source is None:
+        return None
+    if not isinstance(source, str):
+        return "must be a CEL expression string"
+    return _problem(source, variables) if source.strip() else None
+
+
+def check(source: str, variables: frozenset[str] = EVENT_AND_ASYNC) -> None:
     """Raise ConfigError naming the problem if `source` is not valid CEL."""
-    compile_expression(source)
+    found = problem(source, variables)
+    if found is not None:
+        raise ConfigError(found)
 
 
 def matches(source: str | None, variables: dict[str, Any]) -> bool:
-    """True when the expression holds; a missing field or a type error counts as no match."""
+    """True when the expression holds; a missing field, a type error or any other failure to
+    evaluate counts as no match (an invalid expression is refused before it gets here)."""
     if not source:
         return True
     try:
         return compile_expression(source).execute(variables) is True
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):
+    except Exception:  # CEL raises KeyError, IndexError, ZeroDivisionError, ...
         return False
 
 
 def evaluate(source: str, variables: dict[str, Any]) -> Any:
-    """The expression's value (for keys and priorities); None if a field is missing."""
+    """The expression's value (for keys and priorities); None if it cannot be evaluated."""
     try:
         return compile_expression(source).execute(variables)
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):
+    except Exception:  # as in `matches`
         return None
+
+
+def in_config(config: dict[str, Any]) -> list[tuple[str, object, frozenset[str]]]:
+    """Every expression a FunctionConfig carries: where it is, its source, what it sees."""
+    found: list[tuple[str, object, frozenset[str]]] = []
+
+    def add(where: str, opts: object, field: str, sees: frozenset[str] = EVENT_ONLY) -> None:
+        if isinstance(opts, dict) and opts.get(field) is not None:
+            found.append((f"{where}.{field}", opts[field], sees))
+
+    for i, trig in enumerate(_items(config.get("triggers"))):
+        add(f"triggers[{i}]", trig, "expression")
+    for i, conc in enumerate(_items(config.get("concurrency"))):
+        add(f"concurrency[{i}]", conc, "key")
+    for name in ("throttle", "rateLimit", "debounce", "batchEvents", "singleton"):
+        add(name, config.get(name), "key")
+    add("batchEvents", config.get("batchEvents"), "if")
+    add("priority", config.get("priority"), "run")
+    if config.get("idempotency") is not None:
+        found.append(("idempotency", config["idempotency"], EVENT_ONLY))
+    for i, cancel in enumerate(_items(config.get("cancel"))):
+        add(f"cancel[{i}]", cancel, "if", EVENT_AND_ASYNC)
+    return found
+
+
+def _items(value: object) -> list[object]:
+    return list(value) if isinstance(value, list) else []
 
 
 # -- index terms ---------------------------------------------------------------------------

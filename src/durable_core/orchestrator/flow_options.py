@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from .._durations import format_duration, parse_duration, to_iso_utc
-from . import expressions
+from . import expressions, wildcards
 from .store import FunctionRecord
 
 DAY_MS = 24 * 3600 * 1000
@@ -54,8 +54,9 @@ def on_key(value: str | None) -> str:
 
 
 def check(config: dict[str, Any]) -> str | None:
-    """What is wrong with a function's flow-control options (None if nothing), so a bad
-    registration is refused with a 400 instead of failing later in the queue."""
+    """What is wrong with a function's trigger names, flow-control options and expressions
+    (None if nothing), so a bad registration is refused with a 400 instead of failing later
+    in the queue or at intake."""
     try:
         _check(config)
     except _Bad as bad:
@@ -97,20 +98,11 @@ def _dur(opts: dict[str, Any], where: str, field: str, required: bool = True) ->
         ) from None
 
 
-def _cel(opts: dict[str, Any] | str, where: str, field: str | None = None) -> None:
-    value = opts if field is None else opts.get(field)  # type: ignore[union-attr]
-    if value is None:
-        return
-    name = where if field is None else f"{where}.{field}"
-    if not isinstance(value, str):
-        raise _Bad(f"{name} must be a CEL expression string")
-    try:
-        expressions.check(value)
-    except Exception as err:
-        raise _Bad(f"{name}: {err}") from None
-
-
 def _check(config: dict[str, Any]) -> None:
+    for i, trig in enumerate(config.get("triggers") or []):
+        name = trig.get("event") if isinstance(trig, dict) else None
+        if isinstance(name, str) and (bad := wildcards.problem(name)):
+            raise _Bad(f"triggers[{i}].{bad}")
     concurrency = config.get("concurrency")
     if concurrency is not None:
         if not isinstance(concurrency, list) or len(concurrency) > 2:
@@ -120,7 +112,6 @@ def _check(config: dict[str, Any]) -> None:
             if not isinstance(conc, dict):
                 raise _Bad(f"{where} must be an object")
             _int(conc, where, "limit", 0)
-            _cel(conc, where, "key")
             if conc.get("scope") not in (None, "fn", "app", "env", "account"):
                 raise _Bad(f'{where}.scope must be "fn", "app", "env" or "account"')
     for name, fields in (("throttle", True), ("rateLimit", False)):
@@ -128,32 +119,22 @@ def _check(config: dict[str, Any]) -> None:
         if opts is not None:
             _int(opts, name, "limit", 1)
             _dur(opts, name, "period")
-            _cel(opts, name, "key")
             if fields:
                 _int(opts, name, "burst", 0, required=False)
     debounce = _obj(config, "debounce")
     if debounce is not None:
         _dur(debounce, "debounce", "period")
         _dur(debounce, "debounce", "timeout", required=False)
-        _cel(debounce, "debounce", "key")
     batch = _obj(config, "batchEvents")
     if batch is not None:
         _int(batch, "batchEvents", "maxSize", 1)
         _dur(batch, "batchEvents", "timeout")
-        _cel(batch, "batchEvents", "key")
-        _cel(batch, "batchEvents", "if")  # events it does not hold start runs of their own
-    if config.get("idempotency") is not None:
-        _cel(config["idempotency"], "idempotency")
     priority = _obj(config, "priority")
-    if priority is not None:
-        if not isinstance(priority.get("run"), str):
-            raise _Bad("priority.run must be a CEL expression string")
-        _cel(priority, "priority", "run")
+    if priority is not None and not isinstance(priority.get("run"), str):
+        raise _Bad("priority.run must be a CEL expression string")
     singleton = _obj(config, "singleton")
-    if singleton is not None:
-        if singleton.get("mode") not in ("skip", "cancel"):
-            raise _Bad('singleton.mode must be "skip" or "cancel"')
-        _cel(singleton, "singleton", "key")
+    if singleton is not None and singleton.get("mode") not in ("skip", "cancel"):
+        raise _Bad('singleton.mode must be "skip" or "cancel"')
     timeouts = _obj(config, "timeouts")
     if timeouts is not None:
         _dur(timeouts, "timeouts", "start", required=False)
@@ -166,8 +147,13 @@ def _check(config: dict[str, Any]) -> None:
             where = f"cancel[{i}]"
             if not isinstance(c, dict) or not isinstance(c.get("event"), str) or not c["event"]:
                 raise _Bad(f"{where}.event must be an event name")
-            _cel(c, where, "if")
+            if "*" in c["event"]:
+                raise _Bad(f"{where}.event {c['event']!r}: a cancel event cannot be a wildcard")
             _dur(c, where, "timeout", required=False)
+    for where, source, sees in expressions.in_config(config):
+        bad = expressions.problem(source, sees)
+        if bad is not None:
+            raise _Bad(f"{where}: {bad}" if isinstance(source, str) else f"{where} {bad}")
 
 
 def has_queue_flow(fn: FunctionRecord) -> bool:

@@ -4,14 +4,18 @@ so two intakes of one store cannot deadlock."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from ..errors import RunErrorName, run_error
 from ..events import Event
 from ..protocol import SystemEvent
 from . import admission, expressions, lifecycle, timeouts
 from .ids import new_id
-from .store import EventRecord, FunctionRecord, RunStatus, now_ms
+from .store import EventRecord, FunctionRecord, RunStatus, WaitRecord, now_ms
 from .unit import Unit
+
+_log = logging.getLogger("durable.orchestrator")
 
 DEDUPE_MS = 24 * 3600 * 1000
 
@@ -41,8 +45,11 @@ async def ingest(unit: Unit, events: list[Event]) -> list[str]:
 
 async def _trigger(unit: Unit, wire: dict[str, Any], event_id: str | None, now: int) -> None:
     started: set[str] = set()  # one run per function, however many triggers match
-    for fn, expr in unit.functions.by_event.get(wire["name"], []):
-        if fn.fn_id in started or not expressions.matches(expr, {"event": wire}):
+    for fn, expr in unit.functions.triggered_by(wire["name"]):
+        if fn.fn_id in started:
+            continue
+        broken = fn.fn_id in unit.functions.problems  # its run fails, saying why
+        if not broken and not expressions.matches(expr, {"event": wire}):
             continue
         started.add(fn.fn_id)
         if event_id and not await unit.tx.claim_key(f"event:{fn.fn_id}", event_id, now + DEDUPE_MS):
@@ -58,14 +65,27 @@ async def _match_waits(unit: Unit, wire: dict[str, Any]) -> None:
         listener = wait.step.startswith(timeouts.CANCEL_STEP)
         if listener and not timeouts.cancels(wait, wire):
             continue
-        if not expressions.matches(wait.expression, variables):
+        broken = expressions.problem(wait.expression, expressions.EVENT_AND_ASYNC)
+        if broken is None and not expressions.matches(wait.expression, variables):
             continue
         if not await tx.remove_wait(wait.run_id, wait.step):
             continue
-        if listener:
+        if broken is not None:  # stored before expressions were checked: only it fails
+            await _broken_wait(unit, wait, broken)
+        elif listener:
             await _cancel_by_event(unit, wait.run_id, wire)
         else:
             await lifecycle.resolve(unit, wait.run_id, wait.step, wire)
+
+
+async def _broken_wait(unit: Unit, wait: WaitRecord, problem: str) -> None:
+    """A wait whose expression cannot be evaluated: its step resolves with the error (a
+    cancel listener is dropped, and said so in the log)."""
+    if wait.step.startswith(timeouts.CANCEL_STEP):
+        _log.error("run %s: a cancel listener is dropped: its condition: %s", wait.run_id, problem)
+        return
+    error = run_error(RunErrorName.INVALID_EXPRESSION, f"the wait's condition: {problem}")
+    await lifecycle.resolve(unit, wait.run_id, wait.step, {"error": error})
 
 
 async def _cancel_by_event(unit: Unit, run_id: str, event: dict[str, Any]) -> None:
@@ -77,6 +97,8 @@ async def _cancel_by_event(unit: Unit, run_id: str, event: dict[str, Any]) -> No
 
 async def admit(unit: Unit, fn: FunctionRecord, event: dict[str, Any]) -> str:
     """Carry out what admission decides for `fn` and `event`; the run's id."""
+    if fn.fn_id in unit.functions.problems:
+        return await lifecycle.start_run(unit, fn, [event])  # it fails at once, saying why
     decision = await admission.admit(unit.tx, fn, event)
     if decision.replace is not None:
         holder, reason = decision.replace

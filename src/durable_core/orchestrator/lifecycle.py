@@ -9,6 +9,7 @@ parent's `invoke` step.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from typing import Any
 
@@ -20,6 +21,8 @@ from .flow_options import request_flow
 from .ids import new_id
 from .store import FunctionRecord, ItemKind, QueueItem, RunRecord, RunStatus, now_ms
 from .unit import Unit
+
+_log = logging.getLogger("durable.orchestrator")
 
 
 def run_flow(unit: Unit, run: RunRecord) -> dict[str, Any] | None:
@@ -46,6 +49,9 @@ async def start_run(
     parent: tuple[str, str] | None = None,
     run_id: str | None = None,
 ) -> str:
+    problem = unit.functions.problems.get(fn.fn_id)
+    if problem is not None:
+        return await _refuse(unit, fn, events, parent, problem)
     now = now_ms()
     flow = request_flow(fn, events, first=True)
     lease = unit.capacity.reserve() if unit.capacity is not None and flow is None else None
@@ -62,6 +68,34 @@ async def start_run(
     )
     await unit.tx.insert_run(run)
     await _start(unit, fn, run, flow, lease)
+    return run.run_id
+
+
+async def _refuse(
+    unit: Unit,
+    fn: FunctionRecord,
+    events: list[dict[str, Any]],
+    parent: tuple[str, str] | None,
+    problem: str,
+) -> str:
+    """The run of a function whose config cannot work: it fails at once, saying why (the
+    event is stored and every other function runs as usual)."""
+    run = RunRecord(
+        run_id=new_id(),
+        fn_id=fn.fn_id,
+        app_id=fn.app_id,
+        status=RunStatus.QUEUED,
+        events=events,
+        created_at=now_ms(),
+        parent_run_id=parent[0] if parent else None,
+        parent_step=parent[1] if parent else None,
+    )
+    await unit.tx.insert_run(run)
+    message = f"function {fn.fn_id} cannot run: {problem}; fix it and sync the app again"
+    _log.error("%s", message)
+    await finish(
+        unit, run, RunStatus.FAILED, error=run_error(RunErrorName.INVALID_FUNCTION, message)
+    )
     return run.run_id
 
 

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from . import flow_options
+from . import flow_options, wildcards
 from .store import FunctionRecord
+
+Triggered = list[tuple[FunctionRecord, str | None]]
 
 
 class Registry:
-    """Functions by id, by trigger event and by cron schedule. Changed only by registration
-    (and reloads on a shared store); read by everything else."""
+    """Functions by id, by trigger event (exact names, and wildcard prefixes) and by cron
+    schedule. Changed only by registration (and reloads on a shared store); read by
+    everything else."""
 
     def __init__(self, functions: Iterable[FunctionRecord] = ()) -> None:
         self._functions: dict[str, FunctionRecord] = {}
-        self.by_event: dict[str, list[tuple[FunctionRecord, str | None]]] = {}
+        self.by_event: dict[str, Triggered] = {}
+        self.by_prefix: dict[str, Triggered] = {}
+        #: Functions whose config cannot work (registered before it was checked, or from a
+        #: store written by an older version), with what is wrong: their runs fail at once.
+        self.problems: dict[str, str] = {}
         #: Whether flow-controlled queue items may exist (then claims look for them too).
         self.has_flow = False
         self.replace_all(functions)
@@ -30,6 +37,15 @@ class Registry:
 
     def ids(self) -> list[str]:
         return sorted(self._functions)
+
+    def triggered_by(self, event_name: str) -> Triggered:
+        """The functions (with their trigger's filter) an event of this name triggers: exact
+        triggers first, then wildcards from the shortest prefix."""
+        found = list(self.by_event.get(event_name, ()))
+        if self.by_prefix:
+            for prefix in wildcards.prefixes(event_name):
+                found.extend(self.by_prefix.get(prefix, ()))
+        return found
 
     def replace_all(self, functions: Iterable[FunctionRecord]) -> None:
         self._functions = {f.fn_id: f for f in functions}
@@ -49,12 +65,21 @@ class Registry:
         ]
 
     def _reindex(self) -> None:
-        index: dict[str, list[tuple[FunctionRecord, str | None]]] = {}
+        exact: dict[str, Triggered] = {}
+        prefixed: dict[str, Triggered] = {}
+        problems: dict[str, str] = {}
         for fn in self._functions.values():
+            problem = flow_options.check(fn.config)
+            if problem is not None:
+                problems[fn.fn_id] = problem
             for trig in fn.config.get("triggers") or []:
-                if "event" in trig:
-                    index.setdefault(trig["event"], []).append((fn, trig.get("expression")))
-        self.by_event = index
+                name = trig.get("event")
+                if not isinstance(name, str):
+                    continue
+                prefix = wildcards.prefix(name)
+                index = exact if prefix is None else prefixed
+                index.setdefault(prefix or name, []).append((fn, trig.get("expression")))
+        self.by_event, self.by_prefix, self.problems = exact, prefixed, problems
         self.has_flow = self.has_flow or any(
             flow_options.has_queue_flow(fn) for fn in self._functions.values()
         )

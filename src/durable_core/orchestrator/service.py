@@ -55,7 +55,9 @@ class Orchestrator:
         self.functions = Registry()
         self.watchers = Watchers()
         self.run_limits = limits.over(RunLimits()) if limits is not None else RunLimits()
-        settings = Limits(tuple(backoff), concurrency, lease_ms, poll_interval, self.run_limits)
+        settings = Limits(
+            tuple(backoff), concurrency, lease_ms, poll_interval, self.run_limits, request_timeout
+        )
         http = HttpTransport(signing_key=signing_key, timeout=request_timeout)
         self.dispatcher = Dispatcher(store, self.functions, self.watchers, settings, http)
         self.scheduler = Scheduler(self.dispatcher, self.functions)

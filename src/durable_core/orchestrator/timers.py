@@ -41,6 +41,9 @@ async def _resume(unit: Unit, item: QueueItem) -> None:
     only_if = payload.get("only_if")
     if only_if == "wait" and not await tx.remove_wait(item.run_id, item.step):
         return
-    if only_if == "signal" and not await tx.remove_signal(item.run_id, item.step):
-        return
+    if only_if == "signal":
+        # Resolve even when the run no longer holds the name: a run displaced by another's
+        # `on_conflict="replace"` gets its timeout; a delivered signal's memo was stored
+        # first and stands (first write wins).
+        await tx.remove_signal(item.run_id, item.step)
     await lifecycle.resolve(unit, item.run_id, item.step, payload.get("memo"))
