@@ -314,17 +314,6 @@ class Database:
             )
         return AtKill(status, stored, int(leased), (first_end or 0) / 1000)
 
-    def run_out_leases(self) -> int:
-        """End every lease now, as if the time they were granted for had passed."""
-        assert self.postgres_url is not None, "only PostgreSQL needs its leases run out"
-        dsn, schema = split_schema(self.postgres_url)
-        with psycopg.connect(dsn, autocommit=True, options=f"-c search_path={schema}") as conn:
-            now = int(time.time() * 1000)
-            cur = conn.execute(
-                "UPDATE queue SET lease_until = %s WHERE lease_until IS NOT NULL", (now - 1,)
-            )
-            return cur.rowcount
-
 
 def split_schema(url: str) -> tuple[str, str]:
     """(libpq URL, schema) from a `...?schema=name` database URL."""

@@ -17,12 +17,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from durable_core.orchestrator.store import open_store
 
 from durable_core import Context, Durable, SyncContext, TriggerEvent
 from durable_core.events import Event
 from durable_core.orchestrator.service import FAST_BACKOFF, Orchestrator
-from durable_core.orchestrator.store import RunFilter, RunRecord
+from durable_core.orchestrator.store import RunFilter, RunRecord, open_store
 
 DEADLINE = 15.0  # seconds; every run here finishes in well under one
 

@@ -29,6 +29,7 @@ from durable_core.orchestrator.store import (
     postgres,
     sqlite,
 )
+from durable_core.orchestrator.store.sql import SqlTx
 from durable_core.orchestrator.store.sqlite import SqliteStore
 
 from .conftest import sqlite_only
@@ -99,7 +100,12 @@ async def test_a_database_of_an_earlier_version_is_migrated_and_keeps_its_rows(
     await old.open()
     async with old.transaction() as tx:
         await tx.insert_run(run_record("r1"))
-        kept = await tx.enqueue("r1", ItemKind.DISCOVERY, payload={"n": 1})
+        # A queue row as the code of that version wrote it (today's enqueue names later columns).
+        assert isinstance(tx, SqlTx)
+        kept = await tx.db.insert(
+            "INSERT INTO queue (run_id, kind, attempt, available_at, payload) VALUES (?,?,?,?,?)",
+            ("r1", ItemKind.DISCOVERY.value, 0, now_ms(), '{"n": 1}'),
+        )
     await old.close()
 
     monkeypatch.setattr(module, "MIGRATIONS", latest)

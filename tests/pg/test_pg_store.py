@@ -560,3 +560,24 @@ async def test_event_data_round_trips_exactly(stores: StoreFactory) -> None:
     assert shape(listed[0].data) == shape(EVENT_DATA)
     assert list(listed[0].data) == list(EVENT_DATA)  # keys keep their order
     assert shape(listed[0].raw) == shape(raw)
+
+
+async def test_a_starting_process_frees_the_leases_of_a_dead_one_only(
+    stores: StoreFactory,
+) -> None:
+    a, b, c = await stores(), await stores(), await stores()
+    now = now_ms()
+    async with a.transaction() as tx:
+        mine = await tx.enqueue("r1", ItemKind.STEP, step="x", available_at=now - 2)
+        theirs = await tx.enqueue("r2", ItemKind.STEP, step="y", available_at=now - 1)
+        assert [i.id for i in await tx.claim(now, 1, LEASE)] == [mine]
+    async with b.transaction() as tx:
+        assert [i.id for i in await tx.claim(now, 1, LEASE)] == [theirs]
+    async with c.transaction() as tx:
+        assert await tx.release_leases() == 0  # a and b are alive: their leases stand
+    await a.close()  # a's session ends, as when its process is killed
+    async with c.transaction() as tx:
+        assert await tx.release_leases() == 1
+        assert [i.id for i in await tx.claim(now_ms(), 10, LEASE)] == [mine]
+    async with b.transaction() as tx:
+        assert await tx.release_leases() == 1 - 1  # c holds a's item now; b keeps its own

@@ -27,6 +27,8 @@ class Dialect:
     greatest: str = "max"
     #: A statement serializing flow-controlled claims until the transaction ends, if needed.
     flow_lock: str | None = None
+    #: A query whose `alive` column says whether the process owning leases `?` still runs.
+    owner_alive: str | None = None
     #: Whether a `WITH` may hold DELETEs (several deletes in one round trip).
     delete_in_with: bool = False
     #: Whether a list binds as one array parameter (`= ANY(?)`), not one `?` per element.

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -34,6 +35,8 @@ from .sql import SqlTx
 _log = logging.getLogger("durable.orchestrator")
 CHANNEL = "durable"
 _MIGRATION_LOCK = 7_302_811_355
+#: The advisory lock a live process holds for the leases it owns.
+_OWNER_KEY = "hashtext(current_schema() || ':owner:' || ?)"
 
 POSTGRES = Dialect(
     name="postgres",
@@ -42,6 +45,7 @@ POSTGRES = Dialect(
     skip_locked=" FOR UPDATE SKIP LOCKED",
     greatest="greatest",
     flow_lock="SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':flow'))",
+    owner_alive=f"SELECT NOT pg_try_advisory_xact_lock({_OWNER_KEY}) AS alive",
     delete_in_with=True,
     array_params=True,
     bigint="BIGINT",
@@ -120,6 +124,10 @@ class PostgresStore(Store):
             check=AsyncConnectionPool.check_connection,
         )
         self._listener: asyncio.Task[None] | None = None
+        #: This process's leases are tagged with `owner`; a session lock on `_owner_conn` says
+        #: it is alive, so a process starting later can release the leases of one that died.
+        self.owner = secrets.token_hex(8)
+        self._owner_conn: psycopg.AsyncConnection[Any] | None = None
 
     def transient(self, err: BaseException) -> bool:
         return isinstance(
@@ -165,11 +173,12 @@ class PostgresStore(Store):
                 for statement in statements(script):
                     await conn.execute(statement)
                 await conn.execute("INSERT INTO schema_version VALUES (%s)", (version,))
+        await self._hold_owner_lock()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         async with self.pool.connection() as conn, conn.transaction():
-            tx = SqlTx(_Conn(conn), POSTGRES)
+            tx = SqlTx(_Conn(conn), POSTGRES, self.owner)
             yield tx
             for what in tx.notify:
                 await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, what))
@@ -196,7 +205,7 @@ class PostgresStore(Store):
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Tx]:
         async with self.pool.connection() as conn:
-            yield SqlTx(_Conn(conn), POSTGRES)
+            yield SqlTx(_Conn(conn), POSTGRES, self.owner)
 
     async def subscribe(self, on_notify: Notify) -> None:
         self._listener = asyncio.create_task(self._listen(on_notify), name="durable-listen")
@@ -220,7 +229,19 @@ class PostgresStore(Store):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def _hold_owner_lock(self) -> None:
+        """Hold this process's liveness lock for as long as the store is open (a killed
+        process's session ends, and the lock with it)."""
+        self._owner_conn = await psycopg.AsyncConnection.connect(self.url, **self._connect_kwargs)
+        await self._owner_conn.execute(
+            f"SELECT pg_advisory_lock({_OWNER_KEY.replace('?', '%s')})", (self.owner,)
+        )
+
     async def close(self) -> None:
+        if self._owner_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._owner_conn.close()
+            self._owner_conn = None
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

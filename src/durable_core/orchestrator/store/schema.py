@@ -78,6 +78,11 @@ _QUEUE_IDS_UNIQUE = """
 """
 
 
+_LEASE_OWNERS = """
+    ALTER TABLE queue ADD COLUMN lease_owner TEXT;
+"""
+
+
 def migrations(dialect: Dialect) -> list[str]:
     """The migrations in order, as scripts for `dialect` (version n is item n - 1); a script
     may be empty where the database needs nothing at that version."""
@@ -86,6 +91,7 @@ def migrations(dialect: Dialect) -> list[str]:
         _TABLES.format(**words),
         _FLOW_CONTROL.format(**words),
         _QUEUE_IDS_UNIQUE.format(**words) if dialect.reuses_ids else "",
+        _LEASE_OWNERS,
     ]
 
 

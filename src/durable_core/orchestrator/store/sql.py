@@ -79,9 +79,10 @@ def _filtered(
 class SqlTx(QueueSql, Tx):
     """A transaction (or, for a snapshot, a series of statements) on one connection."""
 
-    def __init__(self, conn: Conn, dialect: Dialect) -> None:
+    def __init__(self, conn: Conn, dialect: Dialect, owner: str | None = None) -> None:
         self.db = conn
         self.dialect = dialect
+        self.owner = owner
         #: What this transaction changed that other processes may want to hear of once it
         #: commits ("queue", "functions"); a shared store announces it.
         self.notify: set[str] = set()

@@ -22,7 +22,7 @@ from .records import (
 
 _ENQUEUE = (
     "INSERT INTO queue (run_id, kind, step, attempt, available_at, payload, lease_until,"
-    " flow, rank) VALUES (?,?,?,?,?,?,?,?,?)"
+    " lease_owner, flow, rank) VALUES (?,?,?,?,?,?,?,?,?,?)"
 )
 _UPSERT_WAIT = (
     "INSERT INTO waits VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (run_id, step) DO UPDATE SET"
@@ -38,6 +38,8 @@ class QueueSql:
     db: Conn
     dialect: Dialect
     notify: set[str]
+    #: Who takes the leases this transaction grants (a process of a shared store).
+    owner: str | None
 
     # queue and timers
 
@@ -58,7 +60,8 @@ class QueueSql:
             _ENQUEUE,
             (
                 run_id, kind.value, step, attempt, at, None if payload is None else dump(payload),
-                lease_until, None if flow is None else dump(flow),
+                lease_until, None if lease_until is None else self.owner,
+                None if flow is None else dump(flow),
                 None if flow is None else rank(at, flow),
             ),
         )  # fmt: skip
@@ -69,10 +72,10 @@ class QueueSql:
 
     async def claim(self, now: int, limit: int, lease_ms: int) -> list[QueueItem]:
         rows = await self.db.rows(
-            "UPDATE queue SET lease_until=? WHERE id IN (SELECT id FROM queue WHERE available_at<=?"
-            " AND (lease_until IS NULL OR lease_until<?) AND flow IS NULL ORDER BY available_at, id"
-            f" LIMIT ?{self.dialect.skip_locked}) RETURNING *",
-            (now + lease_ms, now, now, limit),
+            "UPDATE queue SET lease_until=?, lease_owner=? WHERE id IN (SELECT id FROM queue"
+            " WHERE available_at<=? AND (lease_until IS NULL OR lease_until<?) AND flow IS NULL"
+            f" ORDER BY available_at, id LIMIT ?{self.dialect.skip_locked}) RETURNING *",
+            (now + lease_ms, self.owner, now, now, limit),
         )
         items = [item_from_row(r) for r in rows]
         items.sort(key=lambda i: (i.available_at, i.id))
@@ -90,7 +93,8 @@ class QueueSql:
             )
 
     async def extend_lease(self, item_id: int, until: int) -> None:
-        await self.db.count("UPDATE queue SET lease_until=? WHERE id=?", (until, item_id))
+        sql = "UPDATE queue SET lease_until=?, lease_owner=? WHERE id=?"
+        await self.db.count(sql, (until, self.owner, item_id))
 
     async def delete_item(self, item_id: int) -> bool:
         return await self.db.count("DELETE FROM queue WHERE id=?", (item_id,)) == 1
@@ -103,11 +107,27 @@ class QueueSql:
         return None if row is None or row["t"] is None else int(row["t"])
 
     async def release_leases(self) -> int:
-        if self.dialect.shared:
-            return 0  # other live orchestrators hold leases; a dead one's simply expire
-        return await self.db.count(
-            "UPDATE queue SET lease_until=NULL WHERE lease_until IS NOT NULL"
+        if not self.dialect.shared:  # one process owns the store: every lease left was ours
+            return await self.db.count(
+                "UPDATE queue SET lease_until=NULL, lease_owner=NULL WHERE lease_until IS NOT NULL"
+            )
+        # Other processes hold leases too: release only those of owners that are gone (their
+        # liveness lock is free), so their work is taken up now, not when the leases run out.
+        rows = await self.db.rows(
+            "SELECT DISTINCT lease_owner FROM queue WHERE lease_until>=? AND lease_owner<>?",
+            (now_ms(), self.owner or ""),
         )
+        released = 0
+        for row in rows:
+            owner = str(row["lease_owner"])
+            if self.dialect.owner_alive is not None:
+                row_alive = await self.db.one(self.dialect.owner_alive, (owner,))
+                if row_alive is not None and row_alive["alive"]:
+                    continue
+            released += await self.db.count(
+                "UPDATE queue SET lease_until=NULL, lease_owner=NULL WHERE lease_owner=?", (owner,)
+            )
+        return released
 
     # flow control
 
@@ -153,7 +173,8 @@ class QueueSql:
     async def lease_items(self, items: list[QueueItem], now: int, until: int) -> None:
         if items:
             which, args = self.dialect.any_of("id", [i.id for i in items])
-            await self.db.count(f"UPDATE queue SET lease_until=? WHERE {which}", (until, *args))
+            sql = f"UPDATE queue SET lease_until=?, lease_owner=? WHERE {which}"
+            await self.db.count(sql, (until, self.owner, *args))
             await self._start_runs(items, now)
 
     async def get_state(self, key: str) -> Any:
