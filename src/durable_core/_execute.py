@@ -8,7 +8,7 @@ import datetime as _dt
 import inspect
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import pydantic
 
@@ -152,15 +152,21 @@ def execute_sync(
     return _output(fn, replay, outcome)
 
 
+class Senders(TypedDict):
+    """How a function run by `execute` sends events: from async code, and from sync code."""
+
+    sender: AsyncSender
+    sync_sender: SyncSender
+
+
 async def execute(
     fn: Function[Any],
     handler: Handler,
     req: ExecutionRequest,
     target: str | None,
     *,
-    sender: AsyncSender,
-    sync_sender: SyncSender,
     checkpoint: Checkpoints | None = None,
+    **senders: Unpack[Senders],
 ) -> Outcome:
     """Run one request from async code; sync handlers run in a worker thread.
 
@@ -168,7 +174,7 @@ async def execute(
     the hooks before the next starts (sync handlers reach them through this event loop).
     """
     if is_async(handler):
-        return await execute_async(fn, handler, req, target, sender, checkpoint)
+        return await execute_async(fn, handler, req, target, senders["sender"], checkpoint)
     sync_checkpoint: SyncCheckpoints | None = None
     if checkpoint is not None:
         loop = asyncio.get_running_loop()
@@ -186,7 +192,7 @@ async def execute(
         )
 
     return await asyncio.to_thread(
-        execute_sync, fn, handler, req, target, sync_sender, sync_checkpoint
+        execute_sync, fn, handler, req, target, senders["sync_sender"], sync_checkpoint
     )
 
 
@@ -195,14 +201,12 @@ def execute_blocking(
     handler: Handler,
     req: ExecutionRequest,
     target: str | None,
-    *,
-    sender: AsyncSender,
-    sync_sender: SyncSender,
+    **senders: Unpack[Senders],
 ) -> Outcome:
     """Run one request from sync code; async handlers get an event loop of their own."""
     if is_async(handler):
-        return run_coroutine_blocking(execute_async(fn, handler, req, target, sender))
-    return execute_sync(fn, handler, req, target, sync_sender)
+        return run_coroutine_blocking(execute_async(fn, handler, req, target, senders["sender"]))
+    return execute_sync(fn, handler, req, target, senders["sync_sender"])
 
 
 def run_coroutine_blocking(coro: Coroutine[Any, Any, T]) -> T:

@@ -30,7 +30,7 @@ import copy
 import dataclasses
 import datetime as _dt
 from collections.abc import Generator, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import pydantic
 
@@ -342,70 +342,89 @@ def _plan(state: _Run) -> Generator[tuple[_Run, ExecutionRequest, str | None], O
     return state.final
 
 
-def _start(
-    fn: Function[Any], event: EventLike | None, waits: Stubs | None, signals: Stubs | None,
-    invokes: Stubs | None, steps: Stubs | None, max_requests: int, run_id: str,
-) -> _Run:  # fmt: skip
+class RunOptions(TypedDict, total=False):
+    """What `run` and `run_sync` take besides the function: the triggering event (default: its
+    first trigger's), stubs for waits, signals, invokes and steps, and the harness's limits."""
+
+    event: EventLike | None
+    waits: Stubs | None
+    signals: Stubs | None
+    invokes: Stubs | None
+    steps: Stubs | None
+    max_requests: int
+    run_id: str
+
+
+def _start(fn: Function[Any], options: RunOptions) -> _Run:
     if not isinstance(fn, Function):
         raise TypeError(f"run() needs a durable function (made with @app.function), not {fn!r}")
+    event = options.get("event")
     if event is None:
         ev = _default_event(fn)
     else:
         ev = event if isinstance(event, Event) else Event.model_validate(dict(event))
-    stubs = _Stubs(waits or {}, signals or {}, invokes or {}, steps or {})
-    return _Run(fn, fn.handler, ev, run_id, stubs, max_requests)
+    stubs = _Stubs(
+        options.get("waits") or {},
+        options.get("signals") or {},
+        options.get("invokes") or {},
+        options.get("steps") or {},
+    )
+    max_requests = options.get("max_requests", 1000)
+    return _Run(fn, fn.handler, ev, options.get("run_id", "test-run"), stubs, max_requests)
 
 
-async def run(
-    fn: Function[Any],
-    *,
-    event: EventLike | None = None,
-    waits: Stubs | None = None,
-    signals: Stubs | None = None,
-    invokes: Stubs | None = None,
-    steps: Stubs | None = None,
-    max_requests: int = 1000,
-    run_id: str = "test-run",
-) -> RunResult:
+class _Requests:
+    """The requests of one test run, one at a time: `next()` gives the one to execute (None
+    once the run has ended, with `result` set), `answer()` takes its outcome."""
+
+    def __init__(self, fn: Function[Any], options: RunOptions) -> None:
+        self._plan = _plan(_start(fn, options))
+        self._outcome: Outcome | None = None
+        self.result: RunResult | None = None
+
+    def next(self) -> tuple[_Run, ExecutionRequest, str | None] | None:
+        try:
+            if self._outcome is None:
+                return next(self._plan)
+            return self._plan.send(self._outcome)
+        except StopIteration as stop:
+            self.result = stop.value
+            return None
+
+    def answer(self, outcome: Outcome) -> None:
+        self._outcome = outcome
+
+    def done(self) -> RunResult:
+        assert self.result is not None
+        return self.result
+
+
+async def run(fn: Function[Any], **options: Unpack[RunOptions]) -> RunResult:
     """Run `fn` (sync or async) for `event` to its end; `event` defaults to its first trigger."""
-    plan = _plan(_start(fn, event, waits, signals, invokes, steps, max_requests, run_id))
-    try:
-        state, req, target = next(plan)
-        while True:
-            outcome = await execute(
-                state.fn, state.handler, req, target,
-                sender=state.send_async, sync_sender=state.send,
-            )  # fmt: skip
-            state, req, target = plan.send(outcome)
-    except StopIteration as stop:
-        result: RunResult = stop.value
-        return result
+    requests = _Requests(fn, options)
+    while (request := requests.next()) is not None:
+        s, req, target = request
+        out = await execute(s.fn, s.handler, req, target, sender=s.send_async, sync_sender=s.send)
+        requests.answer(out)
+    return requests.done()
 
 
-def run_sync(
-    fn: Function[Any],
-    *,
-    event: EventLike | None = None,
-    waits: Stubs | None = None,
-    signals: Stubs | None = None,
-    invokes: Stubs | None = None,
-    steps: Stubs | None = None,
-    max_requests: int = 1000,
-    run_id: str = "test-run",
-) -> RunResult:
+def run_sync(fn: Function[Any], **options: Unpack[RunOptions]) -> RunResult:
     """`run` for code without an event loop; async functions get a loop of their own."""
-    plan = _plan(_start(fn, event, waits, signals, invokes, steps, max_requests, run_id))
-    try:
-        state, req, target = next(plan)
-        while True:
-            outcome = execute_blocking(
-                state.fn, state.handler, req, target,
-                sender=state.send_async, sync_sender=state.send,
-            )  # fmt: skip
-            state, req, target = plan.send(outcome)
-    except StopIteration as stop:
-        result: RunResult = stop.value
-        return result
+    requests = _Requests(fn, options)
+    while (request := requests.next()) is not None:
+        s, req, target = request
+        args = (s.fn, s.handler, req, target)
+        requests.answer(execute_blocking(*args, sender=s.send_async, sync_sender=s.send))
+    return requests.done()
 
 
-__all__ = ["HarnessError", "RunResult", "SleepRecord", "StepRecord", "run", "run_sync"]
+__all__ = [
+    "HarnessError",
+    "RunOptions",
+    "RunResult",
+    "SleepRecord",
+    "StepRecord",
+    "run",
+    "run_sync",
+]
