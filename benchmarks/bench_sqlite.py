@@ -26,6 +26,7 @@ import asyncio
 import cProfile
 import dataclasses
 import io
+import math
 import os
 import platform
 import pstats
@@ -81,7 +82,8 @@ class Figures:
 
     @property
     def ms_per_limited_run(self) -> float:
-        return 1000.0 / self.limited_runs_per_s
+        """NaN when this set-up did not measure limited runs (PostgreSQL has no such row)."""
+        return 1000.0 / self.limited_runs_per_s if self.limited_runs_per_s else math.nan
 
     def latency(self, q: float) -> float:
         ordered = sorted(self.latency_ms)
@@ -308,7 +310,10 @@ def report(figures: dict[str, Figures], settings: Settings) -> None:
         ("  min-max", lambda f: f"{min(f.ms_per_step):.3f}-{max(f.ms_per_step):.3f}"),
         (f"one-step runs per s (N={settings.runs})", lambda f: f"{f.runs_per_s:.0f}"),
         ("  ms per run", lambda f: f"{f.ms_per_run:.2f}"),
-        (f"runs per s, concurrency {LIMIT}", lambda f: f"{f.limited_runs_per_s:.0f}"),
+        (
+            f"runs per s, concurrency {LIMIT}",
+            lambda f: f"{f.limited_runs_per_s:.0f}" if f.limited_runs_per_s else "n/a",
+        ),
         (f"start latency p50 ms ({settings.events} runs)", lambda f: f"{f.latency(0.5):.2f}"),
         ("start latency p95 ms", lambda f: f"{f.latency(0.95):.2f}"),
     ]
@@ -335,6 +340,9 @@ def report(figures: dict[str, Figures], settings: Settings) -> None:
         cells = []
         for f in others.values():
             value = ratio(f)
+            if math.isnan(value):
+                cells.append("n/a")  # not measured on this set-up
+                continue
             cells.append(f"{value:.3f}" + (" ok" if value <= TARGET else " !!"))
         print(row(label, cells))
 
