@@ -18,6 +18,8 @@ from ..errors import ConfigError
 
 @functools.lru_cache(maxsize=4096)
 def compile_expression(source: str) -> Any:
+    if len(source) > 4096:  # the CEL library overflows its stack (SIGSEGV) on ~25,000 chars
+        raise ConfigError(f"CEL expression of {len(source)} characters: the limit is 4096")
     try:
         return cel.compile(source)
     except ValueError as err:
