@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from starlette.types import Receive, Scope, Send
 
+from .. import _bounded_json
 from .._execute import run_coroutine_blocking
 from ..app import Durable
 from ..errors import DurableError, FunctionNotFoundError
@@ -46,6 +47,15 @@ T = TypeVar("T")
 _log = logging.getLogger("durable.orchestrator")
 DEFAULT_DIRECTORY = ".durable"
 API_PATH = "/durable"
+
+
+def _checked(data: Any, where: str, doing: str) -> None:
+    """Refuse, as the HTTP intake does, what no store keeps: integers beyond +-(2^53-1), NaN,
+    nesting past 64 levels, NUL characters."""
+    try:
+        _bounded_json.check_value(data, max_depth=_bounded_json.MAX_DEPTH - 1, allow_nul=False)
+    except _bounded_json.BadJson as err:
+        raise DurableError(f"cannot {doing} it: {err.where(where)}") from None
 
 
 def load_or_create_key(directory: str) -> str:
@@ -294,12 +304,15 @@ class Embedded:
         return answer
 
     async def send(self, events: list[Event]) -> list[str]:
+        for i, event in enumerate(events):
+            _checked(event.data, f"events[{i}].data" if len(events) > 1 else "event.data", "send")
         if self.orchestrator is None and self.forwarding:
             answer = await self._forward_json("/v1/events", [e.to_wire() for e in events])
             return [str(i) for i in answer["ids"]]
         return await self._orch().send(events)
 
     async def invoke(self, fn_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        _checked(body.get("data"), "data", "invoke")
         if self.orchestrator is None and self.forwarding:
             answer: dict[str, Any] = await self._forward_json(f"/v1/functions/{fn_id}/invoke", body)
             return answer
