@@ -2,7 +2,9 @@
 
 - GET: introspection (function count, mode, which keys are set).
 - PUT: sync. Out-of-band posts the function configs to the orchestrator's `/fn/register`;
-  in-band (`x-inngest-sync-kind: in_band`, signed requests only) returns them.
+  in-band (`x-inngest-sync-kind: in_band`, signed requests only) returns them. In production
+  the URL registered is the configured serve origin; without one, only a signed PUT may name
+  it (from its Host), since an unsigned request's Host header is whatever its sender says.
 - POST `?fnId=<id>&stepId=<step>`: execute one request of a run.
 
 Signatures are checked before a body is parsed, and bodies are parsed within the limits of
@@ -66,6 +68,14 @@ class _Sync:
 def _error(status: int, name: ServeErrorCode, message: str, **extra: str) -> Response:
     body = {"name": str(name), "message": message, "code": str(name)}
     return json_response(status, {**body, "error": message, "status": status}, extra)
+
+
+def _unserved_sync(reason: str) -> str:
+    return (
+        f"refused to sync: {reason}. In production an unsigned sync registers only the "
+        "configured serve origin: set DURABLE_SERVE_ORIGIN (or Durable(serve_origin=...)) to "
+        "this app's public origin, like https://app.example.com, or sign the PUT"
+    )
 
 
 class ServeHandler:
@@ -215,12 +225,24 @@ class ServeHandler:
     def _sync(self, req: Request, headers: Mapping[str, str]) -> Response | _Sync:
         if headers.get(Header.SYNC_KIND) == "in_band" and not self.durable.dev:
             return self._sync_in_band(req, headers)
+        key = None
+        if not self.durable.dev and not self.durable.serve_origin:
+            sync_kind = {Header.SYNC_KIND: "out_of_band"}
+            if not headers.get(Header.SIGNATURE):
+                why = "the request is unsigned and this app has no serve origin configured, so its Host header cannot be trusted to say where the orchestrator should call the app"
+                return _error(401, ServeErrorCode.UNAUTHORIZED, _unserved_sync(why), **sync_kind)
+            try:
+                key = self._verify(req, headers)
+            except SignatureError as err:
+                return _error(
+                    401, ServeErrorCode.UNAUTHORIZED, _unserved_sync(str(err)), **sync_kind
+                )
         try:
             url = self._serve_url(req)
         except ValueError as err:
             msg = f"cannot make the app's URL from this request ({err}): check its Host header, or set DURABLE_SERVE_ORIGIN"
             return _error(400, ServeErrorCode.BODY_INVALID, msg)
-        return _Sync(key=None, url=url, query=req.query)
+        return _Sync(key=key, url=url, query=req.query)
 
     def _sync_in_band(self, req: Request, headers: Mapping[str, str]) -> Response:
         try:
