@@ -29,6 +29,7 @@ import weakref
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
+import httpx
 from starlette.types import Receive, Scope, Send
 
 from .. import _bounded_json
@@ -47,6 +48,13 @@ T = TypeVar("T")
 _log = logging.getLogger("durable.orchestrator")
 DEFAULT_DIRECTORY = ".durable"
 API_PATH = "/durable"
+# The host process is gone (its socket refuses, or the connection drops): answer "retry".
+_HOST_GONE = (OSError, httpx.TransportError)
+
+
+def _answer(status: int, message: str) -> local_socket.Answer:
+    body = json.dumps({"error": message, "status": status}).encode()
+    return status, [("content-type", "application/json")], body
 
 
 def _checked(data: Any, where: str, doing: str) -> None:
@@ -269,14 +277,19 @@ class Embedded:
     def _forwarded(
         self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
     ) -> local_socket.Answer:
+        if len(body) > _bounded_json.MAX_BODY:
+            return _answer(
+                413, f"body too large ({len(body)} bytes; the limit is {_bounded_json.MAX_BODY})"
+            )
         try:
             return local_socket.forward(self.socket_path, method, path, query, headers, body)
-        except OSError as err:
+        except _HOST_GONE as err:
             return self._unreachable(err)
 
     def _unreachable(self, err: Exception) -> local_socket.Answer:
-        msg = f"the process hosting the embedded orchestrator does not answer ({err}); one of this app's processes takes over within seconds: retry"
-        return 503, [("content-type", "application/json")], json.dumps({"error": msg}).encode()
+        msg = f"the process hosting the embedded orchestrator does not answer ({type(err).__name__}: {err}); one of this app's processes takes over within seconds: retry"
+        status, headers, body = _answer(503, msg)
+        return status, [*headers, ("retry-after", "2")], body
 
     # -- the client calls of `Durable` ------------------------------------------------------
 
@@ -294,9 +307,12 @@ class Embedded:
             status, _, raw = await local_socket.forward_async(
                 self.socket_path, "POST", path, "", headers, json.dumps(body).encode()
             )
-        except OSError as err:
+        except _HOST_GONE as err:
             raise DurableError(json.loads(self._unreachable(err)[2])["error"]) from None
-        answer = json.loads(raw) if raw else {}
+        try:
+            answer = json.loads(raw) if raw else {}
+        except ValueError:
+            answer = {"error": raw.decode("utf-8", "replace")[:500]}
         if status >= 400:
             raise DurableError(
                 f"the orchestrator answered HTTP {status}: {answer.get('error', answer)}"
@@ -340,6 +356,27 @@ class Embedded:
 
     # -- the API, mounted in the app --------------------------------------------------------
 
+    async def _forward_asgi(self, scope: Scope, receive: Receive) -> local_socket.Answer:
+        chunks: list[bytes] = []
+        size, limit = 0, _bounded_json.MAX_BODY
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return _answer(413, f"body too large (over {limit} bytes; the limit is {limit})")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        query = scope.get("query_string", b"").decode("latin-1")
+        try:
+            return await local_socket.forward_async(
+                self.socket_path, scope["method"], scope["path"], query, headers, b"".join(chunks)
+            )
+        except _HOST_GONE as err:
+            return self._unreachable(err)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._asgi is not None:
             await self._asgi(scope, receive, send)
@@ -347,25 +384,10 @@ class Embedded:
         if scope["type"] != "http":
             return
         if self.forwarding:
-            body = b""
-            while True:
-                message = await receive()
-                body += message.get("body", b"")
-                if not message.get("more_body"):
-                    break
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            query = scope.get("query_string", b"").decode("latin-1")
-            try:
-                status, out, payload = await local_socket.forward_async(
-                    self.socket_path, scope["method"], scope["path"], query, headers, body
-                )
-            except OSError as err:
-                status, out, payload = self._unreachable(err)
+            status, out, payload = await self._forward_asgi(scope, receive)
         else:
-            status, out = 503, [("content-type", "application/json")]
-            payload = json.dumps(
-                {"error": "the embedded orchestrator is not running yet: it starts with the app"}
-            ).encode()
+            message = "the embedded orchestrator is not running yet: it starts with the app"
+            status, out, payload = _answer(503, message)
         raw = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in out
