@@ -59,7 +59,7 @@ def error(status: int, message: str, headers: Mapping[str, str] | None = None) -
 async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     """The request body, refused (413) as soon as it passes `limit` bytes."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise Problem(413, f"body too large ({int(declared)} bytes; the limit is {limit})")
     chunks: list[bytes] = []
     size = 0

@@ -23,7 +23,7 @@ _MAX_HEAD = 64 * 1024
 
 def _refused(length: str) -> Answer | None:
     """A JSON 4xx for a content-length that is not a number, or is over the body limit."""
-    if not length.isdigit():
+    if not (length.isascii() and length.isdigit()):
         message, status = f"content-length {length[:40]!r} is not a number of bytes", 400
     elif int(length) > MAX_BODY:
         message, status = f"body too large ({length} bytes; the limit is {MAX_BODY})", 413
