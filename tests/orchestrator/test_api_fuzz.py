@@ -328,7 +328,7 @@ calls = st.integers(0, 2).flatmap(lambda i: app_calls() if i == 0 else orchestra
 class Stack:
     orch: httpx.Client
     app: httpx.Client
-    statuses: collections.Counter[tuple[str, int]]
+    statuses: collections.Counter[tuple[str, int, str]]
 
 
 def make_app(orchestrator_url: str) -> tuple[Durable, FastAPI]:
@@ -396,7 +396,8 @@ def check_answer(call: Call, res: httpx.Response) -> None:
         return
     body = res.json()  # every other answer is JSON
     function_error = (
-        call.target == "app"
+        res.status_code >= 400
+        and call.target == "app"
         and call.method == "POST"
         and isinstance(body, dict)
         and body.get("code") not in set(ServeErrorCode)
@@ -454,7 +455,8 @@ def test_fuzz_every_endpoint(database_url: str) -> None:
             note(repr(call))
             res = send(stack, call)
             note(f"{res.status_code} {res.headers} {res.text[:500]}")
-            stack.statuses[(call.target, res.status_code)] += 1
+            what = res.json().get("name") if res.status_code >= 500 else None  # function errors
+            stack.statuses[(call.target, res.status_code, what or "")] += 1
             check_answer(call, res)
 
         check()
