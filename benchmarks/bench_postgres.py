@@ -227,6 +227,8 @@ def standalone_cluster(url: str, schema: str, n: int, directory: Path) -> Iterat
                 BENCH_MODE="standalone",
                 BENCH_SIGNING_KEY=key,
                 BENCH_ORCHESTRATOR_URL=orchestrators[0],
+                # An unsigned sync in production registers only the configured origin.
+                DURABLE_SERVE_ORIGIN=f"http://127.0.0.1:{app_port}",
             )
             cluster.start(uvicorn_args(app_port), env)
             app_url = f"http://127.0.0.1:{app_port}{SERVE_PATH}"

@@ -450,10 +450,13 @@ def test_put_forwards_deploy_id(served: ServeFactory, orchestrator: FakeOrchestr
 def test_put_in_production_carries_the_hashed_key(
     served: ServeFactory, orchestrator: FakeOrchestrator, key: str
 ) -> None:
-    s = served(make_app(Durable("shop", signing_key=key, orchestrator_url=orchestrator.url)))
+    origin = "https://shop.example.com"
+    d = Durable("shop", signing_key=key, orchestrator_url=orchestrator.url, serve_origin=origin)
+    s = served(make_app(d))
     assert s.client.put(s.path).status_code == 200
-    [(headers, _body, _query)] = orchestrator.calls
+    [(headers, body, _query)] = orchestrator.calls
     assert headers["authorization"] == f"Bearer {KEY_HASH}"
+    assert body["url"] == origin + s.path
 
 
 @pytest.fixture

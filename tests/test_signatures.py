@@ -6,8 +6,10 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 import rfc8785
 from inngest._internal import net, server_lib
@@ -17,6 +19,7 @@ from conftest import (
     FRAMEWORKS,
     SERVE_PATH,
     ServeFactory,
+    UvicornServer,
     build_app,
     exec_body,
     exec_query,
@@ -292,9 +295,32 @@ def test_verify_rejects_missing_header_and_missing_keys() -> None:
         signing.verify(b"{}", hmac_sig(KEY, b"{}", NOW), [None, ""], now=NOW)
 
 
-def test_verify_rejects_a_body_that_is_not_json() -> None:
-    with pytest.raises(SignatureError):
-        signing.verify(b"{nope", hmac_sig(KEY, b"{nope", NOW), [KEY], now=NOW)
+def test_verify_checks_the_raw_bytes_before_parsing_anything() -> None:
+    # Signed as sent: accepted unparsed (the serve handler then answers 400 for the body).
+    assert signing.verify(b"{nope", hmac_sig(KEY, b"{nope", NOW), [KEY], now=NOW) == KEY
+    # Not signed as sent and not JSON: there is no canonical form to check either.
+    with pytest.raises(SignatureError, match="does not match"):
+        signing.verify(b"{nope", hmac_sig(KEY, b"{}", NOW), [KEY], now=NOW)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 5000 + b"]" * 5000, b'{"n": ' + b"1" * 5000 + b"}", b'{"x": NaN}', b"1e999"],
+    ids=["deep", "long-integer", "nan", "overflowing-float"],
+)
+def test_a_body_nobody_can_have_signed_canonically_is_refused_unparsed(body: bytes) -> None:
+    with pytest.raises(SignatureError, match="does not match"):
+        signing.verify(body, hmac_sig(KEY, b"{}", NOW), [KEY], now=NOW)
+    # The key holder may still sign the raw bytes (the body is then refused for what it is).
+    assert signing.verify(body, hmac_sig(KEY, body, NOW), [KEY], now=NOW) == KEY
+
+
+def test_a_non_canonical_body_nested_within_the_limit_verifies() -> None:
+    nested: Any = {"b": 1, "a": 2.0}
+    for _ in range(60):  # 121 levels: an execution request may nest 128
+        nested = {"z": [nested], "y": None}
+    raw = json.dumps(nested, indent=1).encode()
+    assert signing.verify(raw, hmac_sig(KEY, jcs(raw), NOW), [KEY], now=NOW) == KEY
 
 
 def test_verify_rejects_the_wrong_key() -> None:
@@ -354,3 +380,69 @@ def test_inngest_fallback_key_verifies_here() -> None:
     header = net.sign_request(raw, FALLBACK)
     assert isinstance(header, str)
     assert signing.verify(raw, header, [KEY, FALLBACK]) == FALLBACK
+
+
+# -- authentication before parsing ----------------------------------------------------------
+
+DEEP = b"[" * 2000 + b"]" * 2000
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [DEEP, b'{"event": ' + DEEP + b"}", b'{"n": ' + b"1" * 5000 + b"}", b'{"x": NaN}'],
+    ids=["deep", "deep-field", "long-integer", "nan"],
+)
+@pytest.mark.parametrize("signature", [None, "t=1&s=00", "fresh-but-wrong"])
+def test_an_unauthenticated_hostile_body_is_401_not_parsed(
+    served: ServeFactory, raw: bytes, signature: str | None
+) -> None:
+    s = served(prod_app())
+    if signature == "fresh-but-wrong":
+        signature = hmac_sig(OTHER, raw, int(time.time()))
+    res = post(s, raw, signature)
+    assert res.status_code == 401, res.text
+    assert res.json()["code"] == "unauthorized" and res.json()["status"] == 401
+    assert "x-inngest-signature" not in res.headers
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (DEEP, "deeper than the limit of 128 levels"),
+        (b'{"event": {"name": "x", "data": {"n": NaN}}}', "event.data.n: NaN is not JSON"),
+        (b'{"n": ' + b"1" * 5000 + b"}", "too many digits"),
+    ],
+    ids=["deep", "nan", "long-integer"],
+)
+def test_a_hostile_body_signed_as_sent_is_400_naming_the_problem(
+    served: ServeFactory, raw: bytes, problem: str
+) -> None:
+    s = served(prod_app())
+    res = post(s, raw, hmac_sig(KEY, raw, int(time.time())))
+    assert res.status_code == 400, res.text
+    assert problem in res.json()["message"] and res.json()["status"] == 400
+    assert response_key(res) == KEY
+
+
+def test_a_signature_with_odd_characters_is_401(served: ServeFactory) -> None:
+    s = served(prod_app())
+    now = int(time.time())
+    for header in (f"t={now}&s=\u00e9\u00e9", f"t={'9' * 400}&s=00", f"t={now}&s=%ff%fe"):
+        res = s.client.post(
+            f"{s.path}?{exec_query('calc-add')}",
+            content=done_body(),
+            headers={"x-inngest-signature": header.encode("latin-1")},
+        )
+        assert res.status_code == 401, (header, res.text)
+
+
+def test_a_body_over_the_limit_is_413_through_a_real_server(
+    uvicorn_server: Callable[[Any], UvicornServer],
+) -> None:
+    server = uvicorn_server(build_app("starlette", prod_app()))
+    big = b'{"x": "' + b"y" * (10 * 1024 * 1024) + b'"}'
+    res = httpx.post(
+        f"{server.base_url}{SERVE_PATH}?{exec_query('calc-add')}", content=big, timeout=30
+    )
+    assert res.status_code == 413, res.text[:300]
+    assert "limit" in res.json()["message"]

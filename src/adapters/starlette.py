@@ -16,15 +16,29 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response as StarletteResponse
 
 from durable_core import Durable, Function, Request, Response, ServeHandler
+from durable_core._bounded_json import MAX_BODY
 from durable_core.orchestrator.embedded import API_PATH, Embedded
 from durable_core.routes import is_protocol_call, start_async
 from durable_core.serve import DEFAULT_SERVE_PATH
 
 
-async def to_core(request: StarletteRequest) -> Request:
+async def to_core(request: StarletteRequest, limit: int | None = None) -> Request:
+    """The request for the serve handler; with `limit`, the body is read only up to one byte
+    past it (the handler refuses it with 413), so a huge body never sits in memory."""
+    if limit is None:
+        body = await request.body()
+    else:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                break
+        body = b"".join(chunks)[: limit + 1]
     return Request(
         method=request.method,
-        body=await request.body(),
+        body=body,
         headers=dict(request.headers),
         query=dict(request.query_params),
         url=str(request.url),
@@ -86,7 +100,7 @@ class Serve:
         self.app.add_route(path, endpoint, methods=["POST"])
 
     async def endpoint(self, request: StarletteRequest) -> StarletteResponse:
-        return to_response(await self.handler.handle(await to_core(request)))
+        return to_response(await self.handler.handle(await to_core(request, MAX_BODY)))
 
     def post(
         self, path: str, *, id: str | None = None, retries: int = 4, on_failure: Any = None

@@ -3,6 +3,7 @@ handler's return annotation (or `output_type=`) names a type, restored as that t
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import json
@@ -15,19 +16,44 @@ from typing import Any
 import pydantic
 import pydantic_core
 
+from . import _bounded_json
 from .errors import SerializationError
 
 _log = logging.getLogger("durable")
 _PLAIN = (type(None), bool, int, float, str)
+_HINTS = collections.defaultdict(
+    lambda: "return a finite number, or None",
+    integer="return a larger integer as a string",
+    nests=f"keep outputs within {_bounded_json.MAX_DEPTH} levels of nesting",
+)
+
+
+def _plain(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) <= _bounded_json.MAX_SAFE_INTEGER
+    return isinstance(value, _PLAIN)
 
 
 def to_json_value(value: object, *, what: str) -> object:
-    """A JSON-compatible copy of `value`; `what` names the step or function in the error."""
-    if isinstance(value, _PLAIN) and not (isinstance(value, float) and not math.isfinite(value)):
+    """A JSON-compatible copy of `value`; `what` names the step or function in the error.
+
+    The limits of `_bounded_json` apply, as they do to everything the orchestrator takes in:
+    an integer beyond +-(2^53-1) (which no canonical JSON can carry, so the run could not be
+    delivered again) or nesting deeper than 64 levels is refused here, as the step's own error.
+    """
+    if _plain(value):
         return value
     try:
         out = pydantic_core.to_jsonable_python(value)
+        _bounded_json.check_value(out)
         json.dumps(out, allow_nan=False)
+    except _bounded_json.BadJson as err:
+        raise SerializationError(
+            f"{what} returned a value that cannot be stored as JSON: {err.where('output')}; "
+            + _HINTS[err.reason.split(" ", 1)[0]]
+        ) from None
     except (pydantic_core.PydanticSerializationError, TypeError, ValueError) as err:
         raise SerializationError(
             f"{what} returned a value of type {type(value).__qualname__} that cannot be stored "

@@ -141,7 +141,6 @@ def dev(
 ) -> None:
     """Run the orchestrator standalone for development: any event key, no signatures."""
     import uvicorn
-    from starlette.applications import Starlette
 
     from .orchestrator.api import Api
     from .orchestrator.service import Orchestrator
@@ -184,7 +183,7 @@ def dev(
             syncing.cancel()
             await orch.stop()
 
-    api = Starlette(routes=Api(orch).routes(), lifespan=lifespan)
+    api = Api(orch).app(lifespan=lifespan)
     click.echo(f"durable dev: http://{host}:{port} (API /v1, events /e/<any key>, store {db})")
     uvicorn.run(api, host=host, port=port, log_level="warning")
 
@@ -239,7 +238,6 @@ def start(
     """Run the orchestrator in production: signed requests, known event keys, any number of
     processes on one PostgreSQL database."""
     import uvicorn
-    from starlette.applications import Starlette
 
     from .orchestrator.api import Api
     from .orchestrator.service import Orchestrator
@@ -287,7 +285,7 @@ def start(
         finally:
             await orch.stop()
 
-    api = Starlette(routes=Api(orch).routes(), lifespan=lifespan)
+    api = Api(orch).app(lifespan=lifespan)
     click.echo(
         f"durable start: http://{host}:{port} ({type(store).__name__}, {len(keys)} event key(s), {workers} workers)"
     )

@@ -2,8 +2,14 @@
 
 - GET: introspection (function count, mode, which keys are set).
 - PUT: sync. Out-of-band posts the function configs to the orchestrator's `/fn/register`;
-  in-band (`x-inngest-sync-kind: in_band`, signed requests only) returns them.
+  in-band (`x-inngest-sync-kind: in_band`, signed requests only) returns them. In production
+  the URL registered is the configured serve origin; without one, only a signed PUT may name
+  it (from its Host), since an unsigned request's Host header is whatever its sender says.
 - POST `?fnId=<id>&stepId=<step>`: execute one request of a run.
+
+Signatures are checked before a body is parsed, and bodies are parsed within the limits of
+`_bounded_json` (10 MiB, 128 levels for an execution request); every refusal is a 4xx JSON
+answer, so the only 5xx left is the protocol's "the function raised".
 
 Adapters only convert their framework's request and response to and from these objects.
 """
@@ -11,7 +17,6 @@ Adapters only convert their framework's request and response to and from these o
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import urllib.parse
 from collections.abc import Mapping
@@ -20,7 +25,7 @@ from typing import Any
 import httpx
 import pydantic
 
-from . import signing
+from . import _bounded_json, signing
 from ._driver import Outcome, Raised
 from ._execute import ExecutionRequest, execute, execute_blocking, to_wire
 from .app import Durable
@@ -61,7 +66,16 @@ class _Sync:
 
 
 def _error(status: int, name: ServeErrorCode, message: str, **extra: str) -> Response:
-    return json_response(status, {"name": str(name), "message": message, "code": str(name)}, extra)
+    body = {"name": str(name), "message": message, "code": str(name)}
+    return json_response(status, {**body, "error": message, "status": status}, extra)
+
+
+def _unserved_sync(reason: str) -> str:
+    return (
+        f"refused to sync: {reason}. In production an unsigned sync registers only the "
+        "configured serve origin: set DURABLE_SERVE_ORIGIN (or Durable(serve_origin=...)) to "
+        "this app's public origin, like https://app.example.com, or sign the PUT"
+    )
 
 
 class ServeHandler:
@@ -136,6 +150,9 @@ class ServeHandler:
     def _begin(self, req: Request) -> Response | _Execution | _Sync:
         headers = {k.lower(): v for k, v in req.headers.items()}
         method = req.method.upper()
+        if len(req.body) > _bounded_json.MAX_BODY:
+            msg = f"body too large ({len(req.body)} bytes; the limit is {_bounded_json.MAX_BODY})"
+            return _error(413, ServeErrorCode.BODY_INVALID, msg)
         if method == "GET":
             return self._introspect(req, headers)
         if method == "PUT":
@@ -198,42 +215,66 @@ class ServeHandler:
         }
 
     def _serve_url(self, req: Request) -> str:
+        """The configured serve origin's URL, or the request's (ValueError for a bad Host)."""
         if self.durable.serve_origin:
             return self.durable.serve_origin.rstrip("/") + self.serve_path
         parts = urllib.parse.urlsplit(req.url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
         return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
     def _sync(self, req: Request, headers: Mapping[str, str]) -> Response | _Sync:
-        key = None
         if headers.get(Header.SYNC_KIND) == "in_band" and not self.durable.dev:
+            return self._sync_in_band(req, headers)
+        key = None
+        if not self.durable.dev and not self.durable.serve_origin:
+            sync_kind = {Header.SYNC_KIND: "out_of_band"}
+            if not headers.get(Header.SIGNATURE):
+                why = "the request is unsigned and this app has no serve origin configured, so its Host header cannot be trusted to say where the orchestrator should call the app"
+                return _error(401, ServeErrorCode.UNAUTHORIZED, _unserved_sync(why), **sync_kind)
             try:
                 key = self._verify(req, headers)
             except SignatureError as err:
                 return _error(
-                    401, ServeErrorCode.UNAUTHORIZED, f"in-band sync needs a signed request: {err}"
+                    401, ServeErrorCode.UNAUTHORIZED, _unserved_sync(str(err)), **sync_kind
                 )
-            try:
-                url = json.loads(req.body or b"{}").get("url") or self._serve_url(req)
-            except (ValueError, AttributeError):
-                return _error(
-                    400, ServeErrorCode.BODY_INVALID, "in-band sync body must be a JSON object"
-                )
-            functions = self.function_configs(url)
-            inspection = {**self._authenticated_details(req), "function_count": len(functions)}
-            body = {
-                "app_id": self.durable.app_id,
-                "env": None,
-                "framework": self.framework,
-                "functions": functions,
-                "inspection": inspection,
-                "platform": None,
-                "sdk_author": "durable",
-                "sdk_language": SDK_LANGUAGE,
-                "sdk_version": SDK_VERSION,
-                "url": url,
-            }
-            return self._finish(json_response(200, body, {Header.SYNC_KIND: "in_band"}), key)
-        return _Sync(key=None, url=self._serve_url(req), query=req.query)
+        try:
+            url = self._serve_url(req)
+        except ValueError as err:
+            msg = f"cannot make the app's URL from this request ({err}): check its Host header, or set DURABLE_SERVE_ORIGIN"
+            return _error(400, ServeErrorCode.BODY_INVALID, msg)
+        return _Sync(key=key, url=url, query=req.query)
+
+    def _sync_in_band(self, req: Request, headers: Mapping[str, str]) -> Response:
+        try:
+            key = self._verify(req, headers)
+        except SignatureError as err:
+            return _error(
+                401, ServeErrorCode.UNAUTHORIZED, f"in-band sync needs a signed request: {err}"
+            )
+        try:
+            sent = _bounded_json.loads(req.body) if req.body.strip() else {}
+            url = (sent.get("url") if isinstance(sent, dict) else None) or self._serve_url(req)
+        except ValueError as err:
+            msg = f"in-band sync body must be a JSON object with an optional 'url' ({err})"
+            return self._finish(_error(400, ServeErrorCode.BODY_INVALID, msg), key)
+        if not isinstance(url, str):
+            msg = "in-band sync body: 'url' must be a string"
+            return self._finish(_error(400, ServeErrorCode.BODY_INVALID, msg), key)
+        functions = self.function_configs(url)
+        inspection = {**self._authenticated_details(req), "function_count": len(functions)}
+        body = {
+            "app_id": self.durable.app_id,
+            "env": None,
+            "framework": self.framework,
+            "functions": functions,
+            "inspection": inspection,
+            "platform": None,
+            "sdk_author": "durable",
+            "sdk_language": SDK_LANGUAGE,
+            "sdk_version": SDK_VERSION,
+            "url": url,
+        }
+        return self._finish(json_response(200, body, {Header.SYNC_KIND: "in_band"}), key)
 
     def _execution(self, req: Request, headers: Mapping[str, str]) -> Response | _Execution:
         try:
@@ -265,7 +306,14 @@ class ServeHandler:
                 key,
             )
         try:
-            body = ExecutionRequest.model_validate_json(req.body)
+            raw = _bounded_json.loads(
+                req.body, max_depth=_bounded_json.EXECUTION_DEPTH, exact_ints=False
+            )
+        except _bounded_json.BadJson as err:
+            msg = f"invalid execution request: {err}"
+            return self._finish(_error(err.status, ServeErrorCode.BODY_INVALID, msg), key)
+        try:
+            body = ExecutionRequest.model_validate(raw)
         except pydantic.ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"

@@ -3,13 +3,18 @@
 `s = HMAC-SHA256(key, jcs(body) + str(t))`, where `key` is the signing key without its
 `signkey-<env>-` prefix, used as ASCII. Verification accepts a fallback key (for rotation),
 compares in constant time and rejects timestamps more than 5 minutes away from now.
+
+Nothing is parsed before a signature matches: the signature is checked over the raw bytes
+first (they are the canonical form whenever the sender sent canonical JSON, as our
+orchestrator does). Only when that fails is the body canonicalized, as the `inngest` SDK does,
+and only a body within the limits of `_bounded_json` (size, depth, numbers): one beyond them
+cannot have been signed in canonical form by anyone, so it is refused unparsed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 import time
 import urllib.parse
@@ -17,6 +22,7 @@ from collections.abc import Sequence
 
 import rfc8785
 
+from . import _bounded_json
 from .errors import SignatureError
 
 MAX_AGE_SECONDS = 300
@@ -43,11 +49,13 @@ def hashed_signing_key(key: str) -> str:
 
 
 def canonical(body: bytes) -> bytes:
-    """The JCS (RFC 8785) form of a JSON body; an empty body stays empty."""
+    """The JCS (RFC 8785) form of a JSON body; an empty body stays empty. A body outside the
+    limits of `_bounded_json` (an execution request's depth) is refused, not parsed."""
     if not body:
         return body
     try:
-        return bytes(rfc8785.dumps(json.loads(body)))
+        value = _bounded_json.loads(body, max_depth=_bounded_json.EXECUTION_DEPTH)
+        return bytes(rfc8785.dumps(value))
     except (ValueError, TypeError, rfc8785.CanonicalizationError) as err:
         raise SignatureError(f"cannot canonicalize the body for its signature: {err}") from None
 
@@ -72,7 +80,8 @@ def verify(
     now: float | None = None,
     max_age: int = MAX_AGE_SECONDS,
 ) -> str:
-    """Check a request signature over the JCS form of `body`; return the key that matched."""
+    """Check a request signature over `body` as sent, or else over its JCS form; return the
+    key that matched."""
     candidates = [k for k in keys if k]
     if not candidates:
         raise SignatureError(
@@ -92,13 +101,24 @@ def verify(
             "malformed X-Inngest-Signature header: expected t=<unix>&s=<hex>"
         ) from None
     current = time.time() if now is None else now
-    if abs(current - ts) > max_age:
+    away = current - ts if abs(ts) < 2**53 else None
+    if away is None or abs(away) > max_age:
+        distance = "far" if away is None else f"{int(away)} s"
         raise SignatureError(
-            f"stale signature: its timestamp is {int(current - ts)} s away from now (limit "
-            f"{max_age} s); check the clocks, or the request was replayed"
+            f"stale signature: its timestamp is {distance} away from now (limit {max_age} s); "
+            "check the clocks, or the request was replayed"
         )
-    payload = canonical(body)
-    for key in candidates:
-        if hmac.compare_digest(sig, _mac(key, payload, ts)):
+    given = sig.encode("utf-8", "replace")  # compare_digest refuses non-ASCII str
+    for key in candidates:  # the raw bytes first: nothing is parsed for a matching signature
+        if hmac.compare_digest(given, _mac(key, body, ts).encode()):
             return key
-    raise SignatureError("signature does not match: the request was not signed with this app's key")
+    mismatch = "signature does not match: the request was not signed with this app's key"
+    try:
+        payload = canonical(body)
+    except SignatureError as err:
+        raise SignatureError(f"{mismatch} ({err})") from None
+    if payload != body:
+        for key in candidates:
+            if hmac.compare_digest(given, _mac(key, payload, ts).encode()):
+                return key
+    raise SignatureError(mismatch)

@@ -181,6 +181,8 @@ class Cluster:
                 FAILOVER_SIGNING_KEY=self.signing_key,
                 FAILOVER_EVENT_KEY=EVENT_KEY,
                 FAILOVER_ORCHESTRATOR_URL=self.orchestrators[0][1],
+                # An unsigned sync in production registers only the configured origin.
+                DURABLE_SERVE_ORIGIN=f"http://127.0.0.1:{self.app_port}",
             ),
         )
         for proc, url in self.orchestrators:

@@ -190,7 +190,9 @@ def orchestrators(pg_schema_url: str, tmp_path: Path) -> Iterator[OrchestratorFa
         orch.stop()
 
 
-def production_app(orchestrator_url: str) -> FastAPI:
+def production_app(orchestrator_url: str, uvicorn_server: Callable[[Any], Any]) -> Any:
+    """The production app, served; it syncs its own origin (an unsigned sync in production
+    registers only the configured serve origin)."""
     d = Durable(
         "prod", signing_key=SIGNING_KEY, event_key=EVENT_KEY, orchestrator_url=orchestrator_url
     )
@@ -203,14 +205,16 @@ def production_app(orchestrator_url: str) -> FastAPI:
 
     web = FastAPI()
     Serve(web, d, path=SERVE_PATH, embedded=False)
-    return web
+    server = uvicorn_server(web)
+    d.serve_origin = server.base_url
+    return server
 
 
 def test_a_production_app_registers_and_runs(
     orchestrators: OrchestratorFactory, uvicorn_server: Callable[[Any], Any]
 ) -> None:
     orch = orchestrators()
-    app = uvicorn_server(production_app(orch.url))
+    app = production_app(orch.url, uvicorn_server)
 
     res = httpx.put(app.base_url + SERVE_PATH, timeout=DEADLINE)
     assert res.status_code == 200, res.text
@@ -244,7 +248,7 @@ def test_two_processes_on_one_schema_share_functions_and_runs(
 ) -> None:
     first, second = orchestrators(), orchestrators()
     assert first.get("/v1/runs") == second.get("/v1/runs") == {"data": []}
-    app = uvicorn_server(production_app(first.url))
+    app = production_app(first.url, uvicorn_server)
 
     res = httpx.put(app.base_url + SERVE_PATH, timeout=DEADLINE)
     assert res.status_code == 200, res.text

@@ -10,40 +10,46 @@
     POST /v1/functions/{function_id}/invoke   {"data": {...}, "wait": bool, "timeout": seconds}
     POST /v1/signals                       {"signal": name, "data": ...}
 
-Bad ids give 404 and bad bodies 400, each with `{"error": "..."}` naming the problem. With a
-signing key configured, /fn/register and /v1 need `Authorization: Bearer <hashed key>` and
-/e/ needs a known event key.
+Every error is JSON, `{"error": "...", "status": N}` naming the problem: 400 for a bad body or
+parameter, 413 for a body over 10 MiB, 404 for an unknown id, 401 without the right key, 503
+(with `retry-after`) while the database cannot be reached. With a signing key configured,
+/fn/register and /v1 need `Authorization: Bearer <hashed key>` and /e/ needs a known event
+key; both are checked before the body is read. Bodies are read within the limits of
+`_bounded_json` (size, 64 levels of nesting, integers within +-(2^53-1), no NaN, no NUL in any
+text), and ids and query parameters holding a NUL character are refused (400) on every store.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hmac
-import json
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pydantic
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import signing
+from .api_http import MAX_BODY, JsonAnswer, guarded, http_exception, read_json
 from .api_input import (
     InvokeIn,
     Problem,
     RegisterIn,
     SignalIn,
     check_function,
+    no_nul,
     parse_events,
-    refuse_nul,
     validation,
 )
 from .service import Orchestrator
 from .store import HistoryRecord, RunFilter, RunRecord, RunStatus
 
-MAX_BODY = 10 * 1024 * 1024
+__all__ = ["MAX_BODY", "Api", "run_json"]
 
 
 def _iso(ms: int | None) -> str | None:
@@ -113,29 +119,17 @@ class Api:
             Route("/health", self._guarded(self.health), methods=["GET"]),
         ]
 
-    def app(self) -> Starlette:
-        return Starlette(routes=self.routes())
+    def app(
+        self, lifespan: Callable[[Any], AbstractAsyncContextManager[None]] | None = None
+    ) -> Starlette:
+        """The API as an app of its own: unknown paths and methods answered as JSON too."""
+        return Starlette(
+            routes=self.routes(),
+            exception_handlers={HTTPException: http_exception},
+            lifespan=lifespan,
+        )
 
     # -- helpers ----------------------------------------------------------------------------
-
-    async def _json(self, request: Request) -> Any:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise Problem(413, f"body too large ({len(body)} bytes; the limit is {MAX_BODY})")
-        if not body.strip():
-            raise Problem(400, "empty body: send JSON")
-        try:
-            value = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise Problem(400, f"body is not valid JSON: {err}") from None
-        try:
-            json.dumps(value, ensure_ascii=False).encode()
-        except UnicodeEncodeError as err:
-            bad = err.object[err.start : err.end]
-            raise Problem(
-                400, f"body holds text that is not valid Unicode ({err.reason}): {bad!r}"
-            ) from None
-        return value
 
     def _authorize(self, request: Request) -> None:
         key = self.orch.signing_key
@@ -163,32 +157,23 @@ class Api:
             raise Problem(400, f"query parameter {name}={value} must be between {lo} and {hi}")
         return value
 
-    @staticmethod
     def _guarded(
-        handler: Callable[[Request], Awaitable[Response]],
+        self, handler: Callable[[Request], Awaitable[Response]]
     ) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Problem as problem:
-                return JSONResponse({"error": str(problem)}, status_code=problem.status)
-
-        return endpoint
+        return guarded(self.orch.store, handler)
 
     # -- endpoints --------------------------------------------------------------------------
 
     async def register(self, request: Request) -> Response:
         self._authorize(request)
         try:
-            raw = await self._json(request)
-            body = RegisterIn.model_validate(raw)
+            body = RegisterIn.model_validate(await read_json(request, "registration"))
         except pydantic.ValidationError as err:
             raise validation(err, "registration") from None
-        refuse_nul(raw, "registration")
         for fn in body.functions:
             check_function(fn)
         modified = await self.orch.register(body.model_dump(mode="json"))
-        return JSONResponse({"ok": True, "modified": modified})
+        return JsonAnswer({"ok": True, "modified": modified})
 
     async def events_in(self, request: Request) -> Response:
         keys = self.orch.event_keys
@@ -200,17 +185,17 @@ class Api:
 
     async def _send(self, request: Request) -> Response:
         try:
-            events = parse_events(await self._json(request))
+            events = parse_events(await read_json(request, None))
         except ValueError as err:
             raise Problem(400, str(err)) from None
         ids = await self.orch.send(events)
-        return JSONResponse({"ids": ids, "status": 200})
+        return JsonAnswer({"ids": ids, "status": 200})
 
     async def apps(self, request: Request) -> Response:
         self._authorize(request)
         async with self.orch.store.snapshot() as tx:
             apps = await tx.list_apps()
-        return JSONResponse({"data": [
+        return JsonAnswer({"data": [
             {"app_id": a.app_id, "url": a.url, "sdk": a.sdk, "framework": a.framework, "updated_at": _iso(a.updated_at)}
             for a in apps
         ]})  # fmt: skip
@@ -218,16 +203,16 @@ class Api:
     async def functions(self, request: Request) -> Response:
         self._authorize(request)
         fns = self.orch.functions.all()
-        return JSONResponse({"data": [
+        return JsonAnswer({"data": [
             {"function_id": f.fn_id, "app_id": f.app_id, "name": f.name, "triggers": f.config.get("triggers"), "config": f.config}
             for f in fns
         ]})  # fmt: skip
 
     async def invoke(self, request: Request) -> Response:
         self._authorize(request)
-        fn_id = request.path_params["function_id"]
+        fn_id = no_nul(request.path_params["function_id"], "function id")
         try:
-            body = InvokeIn.model_validate(await self._json(request))
+            body = InvokeIn.model_validate(await read_json(request, "invoke"))
         except pydantic.ValidationError as err:
             raise validation(err, "invoke") from None
         try:
@@ -236,10 +221,10 @@ class Api:
             known = ", ".join(self.orch.functions.ids()) or "none"
             raise Problem(404, f"no function {fn_id!r} (registered: {known})") from None
         if not body.wait:
-            return JSONResponse({"run_id": run_id}, status_code=202)
+            return JsonAnswer({"run_id": run_id}, status_code=202)
         run = await self.orch.wait_for_run(run_id, body.timeout)
         assert run is not None
-        return JSONResponse(run_json(run), status_code=200 if run.status.finished else 202)
+        return JsonAnswer(run_json(run), status_code=200 if run.status.finished else 202)
 
     async def runs(self, request: Request) -> Response:
         self._authorize(request)
@@ -248,14 +233,14 @@ class Api:
             names = ", ".join(s.value for s in RunStatus)
             raise Problem(400, f"unknown status {status!r}: use one of {names}")
         flt = RunFilter(
-            fn_id=request.query_params.get("function_id") or None,
+            fn_id=no_nul(request.query_params.get("function_id"), "function_id") or None,
             status=RunStatus(status) if status else None,
             limit=self._int(request, "limit", 50, 1, 1000) or 50,
             before=self._int(request, "before", None),
         )
         async with self.orch.store.snapshot() as tx:
             runs = await tx.list_runs(flt)
-        return JSONResponse({"data": [run_json(r) for r in runs]})
+        return JsonAnswer({"data": [run_json(r) for r in runs]})
 
     async def _get_run(self, run_id: str) -> tuple[RunRecord, list[HistoryRecord]]:
         async with self.orch.store.snapshot() as tx:
@@ -267,35 +252,35 @@ class Api:
 
     async def run(self, request: Request) -> Response:
         self._authorize(request)
-        run, history = await self._get_run(request.path_params["run_id"])
-        return JSONResponse(run_json(run, history))
+        run, history = await self._get_run(no_nul(request.path_params["run_id"], "run id"))
+        return JsonAnswer(run_json(run, history))
 
     async def cancel(self, request: Request) -> Response:
         self._authorize(request)
-        run_id = request.path_params["run_id"]
+        run_id = no_nul(request.path_params["run_id"], "run id")
         run = await self.orch.cancel(run_id)
         if run is None:
             raise Problem(404, f"no run {run_id!r}")
-        return JSONResponse(run_json(run))
+        return JsonAnswer(run_json(run))
 
     async def rerun(self, request: Request) -> Response:
         self._authorize(request)
-        run_id = request.path_params["run_id"]
+        run_id = no_nul(request.path_params["run_id"], "run id")
         new = await self.orch.rerun(run_id)
         if new is None:
             raise Problem(404, f"no run {run_id!r}, or its function is no longer registered")
-        return JSONResponse({"run_id": new}, status_code=202)
+        return JsonAnswer({"run_id": new}, status_code=202)
 
     async def events(self, request: Request) -> Response:
         self._authorize(request)
         if request.method == "POST":
             return await self._send(request)
         limit = self._int(request, "limit", 50, 1, 1000) or 50
+        name = no_nul(request.query_params.get("name"), "name")
+        before = self._int(request, "before", None)
         async with self.orch.store.snapshot() as tx:
-            rows = await tx.list_events(
-                request.query_params.get("name"), limit, self._int(request, "before", None)
-            )
-        return JSONResponse({"data": [
+            rows = await tx.list_events(name, limit, before)
+        return JsonAnswer({"data": [
             {"internal_id": e.internal_id, "id": e.event_id, "name": e.name, "data": e.data, "ts": e.ts, "received_at": _iso(e.received_at)}
             for e in rows
         ]})  # fmt: skip
@@ -303,14 +288,13 @@ class Api:
     async def signal(self, request: Request) -> Response:
         self._authorize(request)
         try:
-            body = SignalIn.model_validate(await self._json(request))
+            body = SignalIn.model_validate(await read_json(request, "signal"))
         except pydantic.ValidationError as err:
             raise validation(err, "signal") from None
-        refuse_nul(body.signal, "signal")
         run_id = await self.orch.signal(body.signal, body.data)
         if run_id is None:
             raise Problem(404, f"no run is waiting for signal {body.signal!r}")
-        return JSONResponse({"run_id": run_id})
+        return JsonAnswer({"run_id": run_id})
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"ok": True})
+        return JsonAnswer({"ok": True})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 import pydantic
 
 from ..events import Event
 from . import cron, expressions, flow_options, limits
+
+MAX_EVENTS = 5000
 
 
 class Problem(Exception):
@@ -50,29 +52,18 @@ def validation(err: pydantic.ValidationError, what: str) -> Problem:
     return Problem(400, f"{what}: {where}: {first['msg']}")
 
 
-def _nul_at(value: Any, where: str) -> str | None:
-    """Where a NUL character sits in a decoded JSON value (names and ids cannot hold one)."""
-    if isinstance(value, str):
-        return where if "\x00" in value else None
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)  # type: ignore[assignment]
-    else:
-        return None
-    for key, item in items:
-        if isinstance(key, str) and "\x00" in key:
-            return f"{where}.{key!r}"
-        found = _nul_at(item, f"{where}.{key}" if where else str(key))
-        if found:
-            return found
-    return None
-
-
-def refuse_nul(value: Any, what: str) -> None:
-    found = _nul_at(value, "")
-    if found is not None:
-        raise Problem(400, f"{what}: {found or 'body'}: text cannot contain a NUL character")
+@overload
+def no_nul(value: str, what: str) -> str: ...
+@overload
+def no_nul(value: str | None, what: str) -> str | None: ...
+def no_nul(value: str | None, what: str) -> str | None:
+    """`value` (an id or a query parameter), refused when it holds a NUL character: no store
+    keeps one in text (PostgreSQL refuses it), so no id or name can hold one."""
+    if value is not None and "\x00" in value:
+        raise Problem(
+            400, f"{what} {value!r} holds a NUL character (U+0000), which no id or name can hold"
+        )
+    return value
 
 
 def check_function(fn: FunctionIn) -> None:
@@ -114,6 +105,10 @@ def parse_events(body: Any) -> list[Event]:
     items = body if isinstance(body, list) else [body]
     if not items:
         raise ValueError("no events: send one event object or a non-empty array")
+    if len(items) > MAX_EVENTS:
+        raise ValueError(
+            f"{len(items)} events in one request: the limit is {MAX_EVENTS}; send them in batches"
+        )
     events = []
     for i, raw in enumerate(items):
         where = f"events[{i}]" if isinstance(body, list) else "event"

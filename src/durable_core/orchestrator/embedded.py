@@ -31,8 +31,10 @@ import weakref
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
+import httpx
 from starlette.types import Receive, Scope, Send
 
+from .. import _bounded_json
 from .._execute import run_coroutine_blocking
 from ..app import Durable
 from ..errors import ConfigError, DurableError, FunctionNotFoundError, StoreLockedError
@@ -49,6 +51,22 @@ T = TypeVar("T")
 _log = logging.getLogger("durable.orchestrator")
 DEFAULT_DIRECTORY = ".durable"
 API_PATH = "/durable"
+# The host process is gone (its socket refuses, or the connection drops): answer "retry".
+_HOST_GONE = (OSError, httpx.TransportError)
+
+
+def _answer(status: int, message: str) -> local_socket.Answer:
+    body = json.dumps({"error": message, "status": status}).encode()
+    return status, [("content-type", "application/json")], body
+
+
+def _checked(data: Any, where: str, doing: str) -> None:
+    """Refuse, as the HTTP intake does, what no store keeps: integers beyond +-(2^53-1), NaN,
+    nesting past 64 levels, NUL characters."""
+    try:
+        _bounded_json.check_value(data, max_depth=_bounded_json.MAX_DEPTH - 1, allow_nul=False)
+    except _bounded_json.BadJson as err:
+        raise DurableError(f"cannot {doing} it: {err.where(where)}") from None
 
 
 def load_or_create_key(directory: str) -> str:
@@ -267,14 +285,19 @@ class Embedded:
     def _forwarded(
         self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
     ) -> local_socket.Answer:
+        if len(body) > _bounded_json.MAX_BODY:
+            return _answer(
+                413, f"body too large ({len(body)} bytes; the limit is {_bounded_json.MAX_BODY})"
+            )
         try:
             return local_socket.forward(self.socket_path, method, path, query, headers, body)
-        except OSError as err:
+        except _HOST_GONE as err:
             return self._unreachable(err)
 
     def _unreachable(self, err: Exception) -> local_socket.Answer:
-        msg = f"the process hosting the embedded orchestrator does not answer ({err}); one of this app's processes takes over within seconds: retry"
-        return 503, [("content-type", "application/json")], json.dumps({"error": msg}).encode()
+        msg = f"the process hosting the embedded orchestrator does not answer ({type(err).__name__}: {err}); one of this app's processes takes over within seconds: retry"
+        status, headers, body = _answer(503, msg)
+        return status, [*headers, ("retry-after", "2")], body
 
     # -- the client calls of `Durable` ------------------------------------------------------
 
@@ -292,9 +315,12 @@ class Embedded:
             status, _, raw = await local_socket.forward_async(
                 self.socket_path, "POST", path, "", headers, json.dumps(body).encode()
             )
-        except OSError as err:
+        except _HOST_GONE as err:
             raise DurableError(json.loads(self._unreachable(err)[2])["error"]) from None
-        answer = json.loads(raw) if raw else {}
+        try:
+            answer = json.loads(raw) if raw else {}
+        except ValueError:
+            answer = {"error": raw.decode("utf-8", "replace")[:500]}
         if status >= 400:
             raise DurableError(
                 f"the orchestrator answered HTTP {status}: {answer.get('error', answer)}"
@@ -302,12 +328,15 @@ class Embedded:
         return answer
 
     async def send(self, events: list[Event]) -> list[str]:
+        for i, event in enumerate(events):
+            _checked(event.data, f"events[{i}].data" if len(events) > 1 else "event.data", "send")
         if self.orchestrator is None and self.forwarding:
             answer = await self._forward_json("/v1/events", [e.to_wire() for e in events])
             return [str(i) for i in answer["ids"]]
         return await self._orch().send(events)
 
     async def invoke(self, fn_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        _checked(body.get("data"), "data", "invoke")
         if self.orchestrator is None and self.forwarding:
             answer: dict[str, Any] = await self._forward_json(f"/v1/functions/{fn_id}/invoke", body)
             return answer
@@ -335,6 +364,27 @@ class Embedded:
 
     # -- the API, mounted in the app --------------------------------------------------------
 
+    async def _forward_asgi(self, scope: Scope, receive: Receive) -> local_socket.Answer:
+        chunks: list[bytes] = []
+        size, limit = 0, _bounded_json.MAX_BODY
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return _answer(413, f"body too large (over {limit} bytes; the limit is {limit})")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        query = scope.get("query_string", b"").decode("latin-1")
+        try:
+            return await local_socket.forward_async(
+                self.socket_path, scope["method"], scope["path"], query, headers, b"".join(chunks)
+            )
+        except _HOST_GONE as err:
+            return self._unreachable(err)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._asgi is not None:
             await self._asgi(scope, receive, send)
@@ -342,25 +392,10 @@ class Embedded:
         if scope["type"] != "http":
             return
         if self.forwarding:
-            body = b""
-            while True:
-                message = await receive()
-                body += message.get("body", b"")
-                if not message.get("more_body"):
-                    break
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            query = scope.get("query_string", b"").decode("latin-1")
-            try:
-                status, out, payload = await local_socket.forward_async(
-                    self.socket_path, scope["method"], scope["path"], query, headers, body
-                )
-            except OSError as err:
-                status, out, payload = self._unreachable(err)
+            status, out, payload = await self._forward_asgi(scope, receive)
         else:
-            status, out = 503, [("content-type", "application/json")]
-            payload = json.dumps(
-                {"error": "the embedded orchestrator is not running yet: it starts with the app"}
-            ).encode()
+            message = "the embedded orchestrator is not running yet: it starts with the app"
+            status, out, payload = _answer(503, message)
         raw = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in out

@@ -26,6 +26,8 @@ _BOUND = re.compile(r"\.\s*[A-Za-z_]\w*\s*\(\s*([A-Za-z_]\w*)\s*,(?:\s*([A-Za-z_
 
 @functools.lru_cache(maxsize=4096)
 def compile_expression(source: str) -> Any:
+    if len(source) > 4096:  # the CEL library overflows its stack (SIGSEGV) on ~25,000 chars
+        raise ConfigError(f"CEL expression of {len(source)} characters: the limit is 4096")
     try:
         return cel.compile(source)
     except ValueError as err:

@@ -9,13 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from typing import Any
 
 import httpx
 
+from .._bounded_json import MAX_BODY
+
 Answer = tuple[int, list[tuple[str, str]], bytes]
 _MAX_HEAD = 64 * 1024
+
+
+def _refused(length: str) -> Answer | None:
+    """A JSON 4xx for a content-length that is not a number, or is over the body limit."""
+    if not (length.isascii() and length.isdigit()):
+        message, status = f"content-length {length[:40]!r} is not a number of bytes", 400
+    elif int(length) > MAX_BODY:
+        message, status = f"body too large ({length} bytes; the limit is {MAX_BODY})", 413
+    else:
+        return None
+    body = json.dumps({"error": message, "status": status}).encode()
+    return status, [("content-type", "application/json")], body
 
 
 async def call_asgi(
@@ -77,9 +92,14 @@ async def serve(path: str, app: Any) -> asyncio.AbstractServer:
                 if ":" in line:
                     key, value = line.split(":", 1)
                     headers[key.strip().lower()] = value.strip()
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
-            route, _, query = target.partition("?")
-            status, out, payload = await call_asgi(app, method, route, query, headers, body)
+            length = headers.get("content-length", "0")
+            refused = _refused(length)
+            if refused is None:
+                body = await reader.readexactly(int(length))
+                route, _, query = target.partition("?")
+                status, out, payload = await call_asgi(app, method, route, query, headers, body)
+            else:
+                status, out, payload = refused
             kept = [(k, v) for k, v in out if k.lower() not in ("content-length", "connection")]
             lines_out = [f"HTTP/1.1 {status} -"] + [f"{k}: {v}" for k, v in kept]
             lines_out += [f"content-length: {len(payload)}", "connection: close", "", ""]
