@@ -6,6 +6,7 @@ refused before anything is read or written, so they run on SQLite only."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -21,7 +22,12 @@ from starlette.testclient import TestClient
 from durable_core import Context, Durable, NonRetriableError, TriggerEvent
 from durable_core.orchestrator.api import MAX_BODY, Api
 from durable_core.orchestrator.service import Orchestrator
-from durable_core.orchestrator.store import open_store
+from durable_core.orchestrator.store import (
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    open_store,
+)
 from durable_core.signing import hashed_signing_key
 
 from .conftest import API, Harness, StartFactory, sqlite_only
@@ -108,6 +114,54 @@ def test_runs_are_listed_newest_first_and_filtered(h: Harness) -> None:
     before = h.runs(before=created[-1])
     assert all(ms(r["created_at"]) < created[-1] for r in before)
     assert everything[-1]["run_id"] not in [r["run_id"] for r in before]
+
+
+def fill_one_millisecond(database_url: str, count: int) -> None:
+    """`count` runs and events, all created (received) in the same millisecond."""
+
+    async def fill() -> None:
+        store = open_store(database_url)
+        await store.open()
+        try:
+            async with store.transaction() as tx:
+                for i in range(count):
+                    await tx.insert_run(
+                        RunRecord(f"R{i:04}", "t-ok", "t", RunStatus.COMPLETED, [{"name": "t/ok"}], 1_700_000_000_000)
+                    )  # fmt: skip
+                    raw = {"name": "t/ok", "data": {}}
+                    event = EventRecord(f"E{i:04}", "t/ok", {}, f"e{i}", 1, 1_700_000_000_000, raw)
+                    await tx.insert_event(event)
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+
+
+def page_through(client: TestClient, path: str, key: str) -> list[str]:
+    seen: list[str] = []
+    params: dict[str, Any] = {"limit": 50}
+    for _ in range(100):
+        res = client.get(path, params=params)
+        assert res.status_code == 200, res.text
+        page = res.json()
+        seen += [row[key] for row in page["data"]]
+        if page["next_cursor"] is None:
+            return seen
+        params["cursor"] = page["next_cursor"]
+    raise AssertionError(f"{path}: no last page after 100 pages")
+
+
+def test_paging_with_the_cursor_lists_every_row_once_even_within_one_millisecond(
+    database_url: str,
+) -> None:
+    fill_one_millisecond(database_url, 230)
+    with standalone(database_url) as client:
+        runs = page_through(client, "/v1/runs", "run_id")
+        events = page_through(client, "/v1/events", "internal_id")
+        bad = client.get("/v1/runs", params={"cursor": "yesterday"})
+    assert runs == [f"R{i:04}" for i in reversed(range(230))]
+    assert events == [f"E{i:04}" for i in reversed(range(230))]
+    assert "cursor" in error_of(bad, 400)
 
 
 @validation

@@ -10,8 +10,10 @@ pending set; when that set empties, `lifecycle.resolve` queues the next discover
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
+import email.utils
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +43,22 @@ def parse_time(text: str) -> int | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=_dt.UTC)
     return int(moment.timestamp() * 1000)
+
+
+MAX_RETRY_AFTER_S = 365 * 24 * 3600  # a later `retry-after` is taken as this
+
+
+def retry_at(header: str, now: int) -> int | None:
+    """When a `retry-after` header (seconds, or an HTTP or ISO date) allows the retry; None
+    when it says nothing usable, so the backoff applies."""
+    text = header.strip()
+    if text.isascii() and text.isdigit():  # `isdigit` alone accepts digits like "²"
+        return now + min(int(text), MAX_RETRY_AFTER_S) * 1000
+    at = parse_time(text) if text else None
+    if at is None and text:
+        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+            at = int(email.utils.parsedate_to_datetime(text).timestamp() * 1000)
+    return None if at is None else min(at, now + MAX_RETRY_AFTER_S * 1000)
 
 
 async def apply(
@@ -118,12 +136,9 @@ async def _function_error(
         await lifecycle.finish(unit, run, RunStatus.FAILED, error=error)
         return
     when = now_ms() + lifecycle.delay_ms(unit, item.attempt)
-    retry_after = res.headers.get(Header.RETRY_AFTER)
-    if retry_after:
-        at = parse_time(retry_after)
-        if at is None and retry_after.strip().isdigit():
-            at = now_ms() + int(retry_after) * 1000
-        when = max(at or when, now_ms())
+    at = retry_at(res.headers.get(Header.RETRY_AFTER) or "", now_ms())
+    if at is not None:
+        when = max(at, now_ms())
     await _retry(unit, item, run, when)
     reason = f"retrying at attempt {item.attempt + 1}: {str(error['message'])[:200]}"
     await unit.tx.update_run(run.run_id, reason=reason)

@@ -3,10 +3,10 @@
     POST /fn/register                      an app's function configs
     POST /e/{event_key}                    one event or an array
     GET  /v1/apps, /v1/functions
-    GET  /v1/runs?function_id=&status=&limit=&before=
+    GET  /v1/runs?function_id=&status=&limit=&cursor=   (`next_cursor` of the page before)
     GET  /v1/runs/{run_id}                 the run with its steps, outputs, errors, attempts, timings
     POST /v1/runs/{run_id}/cancel, /v1/runs/{run_id}/rerun
-    GET  /v1/events?name=&limit=&before=;  POST /v1/events
+    GET  /v1/events?name=&limit=&cursor=;  POST /v1/events
     POST /v1/functions/{function_id}/invoke   {"data": {...}, "wait": bool, "timeout": seconds}
     POST /v1/signals                       {"signal": name, "data": ...}
 
@@ -42,7 +42,9 @@ from .api_input import (
     RegisterIn,
     SignalIn,
     check_function,
+    make_cursor,
     no_nul,
+    parse_cursor,
     parse_events,
     validation,
 )
@@ -237,10 +239,13 @@ class Api:
             status=RunStatus(status) if status else None,
             limit=self._int(request, "limit", 50, 1, 1000) or 50,
             before=self._int(request, "before", None),
+            after=parse_cursor(request.query_params.get("cursor")),
         )
         async with self.orch.store.snapshot() as tx:
             runs = await tx.list_runs(flt)
-        return JsonAnswer({"data": [run_json(r) for r in runs]})
+        last = runs[-1] if len(runs) == flt.limit else None
+        cursor = make_cursor(last.created_at, last.run_id) if last else None
+        return JsonAnswer({"data": [run_json(r) for r in runs], "next_cursor": cursor})
 
     async def _get_run(self, run_id: str) -> tuple[RunRecord, list[HistoryRecord]]:
         async with self.orch.store.snapshot() as tx:
@@ -278,12 +283,14 @@ class Api:
         limit = self._int(request, "limit", 50, 1, 1000) or 50
         name = no_nul(request.query_params.get("name"), "name")
         before = self._int(request, "before", None)
+        after = parse_cursor(request.query_params.get("cursor"))
         async with self.orch.store.snapshot() as tx:
-            rows = await tx.list_events(name, limit, before)
+            rows = await tx.list_events(name, limit, before, after)
+        last = rows[-1] if len(rows) == limit else None
         return JsonAnswer({"data": [
             {"internal_id": e.internal_id, "id": e.event_id, "name": e.name, "data": e.data, "ts": e.ts, "received_at": _iso(e.received_at)}
             for e in rows
-        ]})  # fmt: skip
+        ], "next_cursor": make_cursor(last.received_at, last.internal_id) if last else None})  # fmt: skip
 
     async def signal(self, request: Request) -> Response:
         self._authorize(request)

@@ -66,6 +66,23 @@ def no_nul(value: str | None, what: str) -> str | None:
     return value
 
 
+def make_cursor(at: int, row_id: str) -> str:
+    """Where the next page of a newest-first listing starts: after the row (`at`, `row_id`)."""
+    return f"{at}:{row_id}"
+
+
+def parse_cursor(text: str | None) -> tuple[int, str] | None:
+    """A listing's `cursor` parameter, as `make_cursor` wrote it; a 400 naming it otherwise."""
+    if text is None:
+        return None
+    at, _, row_id = text.partition(":")
+    if not (at.isascii() and at.isdigit() and len(at) <= 15) or not row_id or "\x00" in row_id:
+        raise Problem(
+            400, f"cursor {text[:100]!r} is not one this API gave: pass `next_cursor` as it came"
+        )
+    return int(at), row_id
+
+
 def check_function(fn: FunctionIn) -> None:
     runtime = fn.steps.get("step", {}).get("runtime")
     if not isinstance(runtime, dict) or not isinstance(runtime.get("url"), str):

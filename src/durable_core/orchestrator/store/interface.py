@@ -42,8 +42,14 @@ class Tx(abc.ABC):
     async def insert_event(self, event: EventRecord) -> None: ...
     @abc.abstractmethod
     async def list_events(
-        self, name: str | None, limit: int, before: int | None
-    ) -> list[EventRecord]: ...
+        self,
+        name: str | None,
+        limit: int,
+        before: int | None,
+        after: tuple[int, str] | None = None,
+    ) -> list[EventRecord]:
+        """Newest first; `after`: only events after that (received_at, internal_id)."""
+
     @abc.abstractmethod
     async def get_key(self, scope: str, key: str) -> int | None: ...
     @abc.abstractmethod

@@ -158,6 +158,8 @@ class RunFilter:
     status: RunStatus | None = None
     limit: int = 50
     before: int | None = None
+    #: Only runs listed after this (created_at, run_id) in the newest-first order: a cursor.
+    after: tuple[int, str] | None = None
 
 
 # -- rows --------------------------------------------------------------------------------------

@@ -68,12 +68,19 @@ _ADD_HISTORY = (
 
 
 def _filtered(
-    table: str, conds: list[tuple[str, Any]], order: str, limit: int
+    table: str, conds: list[tuple[str, tuple[Any, ...]]], order: str, limit: int
 ) -> tuple[str, list[Any]]:
-    """A SELECT of `table` where every (`column op`, value) of `conds` holds, in `order`."""
-    where = "".join(f" AND {c}?" for c, _ in conds)
+    """A SELECT of `table` where every (condition, its arguments) of `conds` holds, in `order`."""
+    where = "".join(f" AND {c}" for c, _ in conds)
     sql = f"SELECT * FROM {table} WHERE TRUE{where} ORDER BY {order} LIMIT ?"
-    return sql, [v for _, v in conds] + [limit]
+    return sql, [v for _, args in conds for v in args] + [limit]
+
+
+def _after(time_column: str, id_column: str, key: tuple[int, str]) -> tuple[str, tuple[Any, ...]]:
+    """Rows after `key` in the order (`time_column` DESC, `id_column` DESC): a cursor that
+    cannot tie, since the id breaks every tie of times."""
+    cond = f"({time_column}<? OR ({time_column}=? AND {id_column}<?))"
+    return cond, (key[0], key[0], key[1])
 
 
 class SqlTx(QueueSql, Tx):
@@ -127,11 +134,17 @@ class SqlTx(QueueSql, Tx):
         )  # fmt: skip
 
     async def list_events(
-        self, name: str | None, limit: int, before: int | None
+        self,
+        name: str | None,
+        limit: int,
+        before: int | None,
+        after: tuple[int, str] | None = None,
     ) -> list[EventRecord]:
-        conds: list[tuple[str, Any]] = [("name=", name)] if name else []
+        conds: list[tuple[str, tuple[Any, ...]]] = [("name=?", (name,))] if name else []
         if before is not None:
-            conds.append(("received_at<", before))
+            conds.append(("received_at<?", (before,)))
+        if after is not None:
+            conds.append(_after("received_at", "internal_id", after))
         sql, args = _filtered("events", conds, "received_at DESC, internal_id DESC", limit)
         return [event_from_row(r) for r in await self.db.rows(sql, args)]
 
@@ -183,11 +196,13 @@ class SqlTx(QueueSql, Tx):
         await self.db.count(f"UPDATE runs SET {', '.join(cols)} WHERE run_id=?", (*args, run_id))
 
     async def list_runs(self, flt: RunFilter) -> list[RunRecord]:
-        conds: list[tuple[str, Any]] = [("fn_id=", flt.fn_id)] if flt.fn_id else []
+        conds: list[tuple[str, tuple[Any, ...]]] = [("fn_id=?", (flt.fn_id,))] if flt.fn_id else []
         if flt.status:
-            conds.append(("status=", flt.status.value))
+            conds.append(("status=?", (flt.status.value,)))
         if flt.before is not None:
-            conds.append(("created_at<", flt.before))
+            conds.append(("created_at<?", (flt.before,)))
+        if flt.after is not None:
+            conds.append(_after("created_at", "run_id", flt.after))
         sql, args = _filtered("runs", conds, "created_at DESC, run_id DESC", flt.limit)
         return [run_from_row(r) for r in await self.db.rows(sql, args)]
 
