@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 from collections.abc import Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar, Unpack
 
 import httpx
 
@@ -23,7 +23,7 @@ from .errors import (
 from .events import Event, Events, as_events
 from .function import Function
 from .signing import hashed_signing_key
-from .types import Handler
+from .types import Handler, JSONObject
 
 T = TypeVar("T")
 
@@ -49,6 +49,14 @@ def env_flag(name: str) -> bool | None:
     if value in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name}={raw!r} is not a boolean: use 1/true/yes or 0/false/no")
+
+
+class Invoke(TypedDict, total=False):
+    """How `invoke` waits: `wait` for the run to finish (default True), for at most `timeout`
+    seconds (default 30)."""
+
+    wait: bool
+    timeout: float
 
 
 class Client:
@@ -142,12 +150,13 @@ class Client:
     # -- invokes ----------------------------------------------------------------------------
 
     def _invoke_args(
-        self, function: Function[Any] | str, data: dict[str, Any] | None, wait: bool, timeout: float
-    ) -> tuple[str, dict[str, Any]]:
+        self, function: Function[Any] | str, data: JSONObject | None, how: Invoke
+    ) -> tuple[str, dict[str, Any], bool]:
         fn_id = function.id if isinstance(function, Function) else function
         if not fn_id.startswith(f"{self.app_id}-") and self.find(f"{self.app_id}-{fn_id}"):
             fn_id = f"{self.app_id}-{fn_id}"
-        return fn_id, {"data": data or {}, "wait": wait, "timeout": timeout}
+        wait = how.get("wait", True)
+        return fn_id, {"data": data or {}, "wait": wait, "timeout": how.get("timeout", 30.0)}, wait
 
     @staticmethod
     def _invoked(answer: dict[str, Any], wait: bool) -> Any:
@@ -164,34 +173,24 @@ class Client:
         )
 
     async def invoke_async(
-        self,
-        function: Function[Any] | str,
-        data: dict[str, Any] | None = None,
-        *,
-        wait: bool = True,
-        timeout: float = 30.0,
+        self, function: Function[Any] | str, data: JSONObject | None = None, **how: Unpack[Invoke]
     ) -> Any:
         """Start a run of `function` with `data`: its output when `wait`, else the run id.
 
         Raises FunctionNotFoundError when the orchestrator has no such function, RunFailedError
         when the run fails, and WaitTimeoutError when it does not finish within `timeout`.
         """
-        fn_id, body = self._invoke_args(function, data, wait, timeout)
+        fn_id, body, wait = self._invoke_args(function, data, how)
         if self.local is not None:
             return self._invoked(await self.local.invoke(fn_id, body), wait)
         path = f"/v1/functions/{fn_id}/invoke"
         return self._invoked(await self._post(path, body, fn_id), wait)
 
     def invoke(
-        self,
-        function: Function[Any] | str,
-        data: dict[str, Any] | None = None,
-        *,
-        wait: bool = True,
-        timeout: float = 30.0,
+        self, function: Function[Any] | str, data: JSONObject | None = None, **how: Unpack[Invoke]
     ) -> Any:
         """`invoke_async` for sync code."""
-        fn_id, body = self._invoke_args(function, data, wait, timeout)
+        fn_id, body, wait = self._invoke_args(function, data, how)
         if self.local is not None:
             return self._invoked(self.local.call_blocking(self.local.invoke(fn_id, body)), wait)
         path = f"/v1/functions/{fn_id}/invoke"

@@ -39,14 +39,18 @@ class Header:
     RETRY_AFTER: Final = "retry-after"
 
 
+_SYSTEM: Final = "inngest"  # the prefix of every event the orchestrator sends
+_FUNCTION: Final = f"{_SYSTEM}/function"
+
+
 class SystemEvent:
     """Events the orchestrator sends about runs and schedules."""
 
-    FUNCTION_FAILED: Final = "inngest/function.failed"
-    FUNCTION_FINISHED: Final = "inngest/function.finished"
-    FUNCTION_CANCELLED: Final = "inngest/function.cancelled"
-    FUNCTION_INVOKED: Final = "inngest/function.invoked"
-    SCHEDULED_TIMER: Final = "inngest/scheduled.timer"
+    FUNCTION_FAILED: Final = f"{_FUNCTION}.failed"
+    FUNCTION_FINISHED: Final = f"{_FUNCTION}.finished"
+    FUNCTION_CANCELLED: Final = f"{_FUNCTION}.cancelled"
+    FUNCTION_INVOKED: Final = f"{_FUNCTION}.invoked"
+    SCHEDULED_TIMER: Final = f"{_SYSTEM}/scheduled.timer"
 
 
 SDK_NAME: Final = "durable-py"

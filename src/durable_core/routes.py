@@ -12,7 +12,7 @@ import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
 import httpx
 import pydantic
@@ -56,6 +56,25 @@ def _check(response: CallResponse, url: str) -> CallResponse:
     return response
 
 
+class CallOptions(TypedDict, total=False):
+    """How `call` makes its request: `method` (default POST), a JSON `body`, `headers`, and a
+    `timeout` in seconds (default 30)."""
+
+    method: str
+    body: Any
+    headers: Mapping[str, str] | None
+    timeout: float
+
+
+def _request(url: str, options: CallOptions) -> tuple[float, dict[str, Any]]:
+    """The timeout, and the keywords of httpx's `request`, for a `call`."""
+    headers = dict(options.get("headers") or {})
+    method = options.get("method", "POST")
+    return options.get("timeout", 30.0), {
+        "method": method, "url": url, "json": options.get("body"), "headers": headers,
+    }  # fmt: skip
+
+
 class _Base(Generic[P]):
     def __init__(self, ctx: Context | SyncContext) -> None:
         self.ctx = ctx
@@ -95,22 +114,14 @@ class WorkflowContext(_Base[P]):
     ) -> list[str]:
         return await self.ctx.step.send_event(step_name, {"name": event, "data": dict(data or {})})
 
-    async def call(
-        self,
-        step_name: str,
-        url: str,
-        *,
-        method: str = "POST",
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        timeout: float = 30.0,
-    ) -> CallResponse:
+    async def call(self, step_name: str, url: str, **options: Unpack[CallOptions]) -> CallResponse:
         """A durable HTTP call: retried on connection errors and 5xx answers, then stored."""
+        timeout, request = _request(url, options)
 
         async def go() -> CallResponse:
             try:
                 async with httpx.AsyncClient(timeout=timeout) as client:
-                    res = await client.request(method, url, json=body, headers=dict(headers or {}))
+                    res = await client.request(**request)
             except httpx.HTTPError as err:
                 raise _CallFailedError(f"calling {url} failed: {err}") from None
             return _check(_decode(res), url)
@@ -142,20 +153,14 @@ class SyncWorkflowContext(_Base[P]):
     ) -> list[str]:
         return self.ctx.step.send_event(step_name, {"name": event, "data": dict(data or {})})
 
-    def call(
-        self,
-        step_name: str,
-        url: str,
-        *,
-        method: str = "POST",
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        timeout: float = 30.0,
-    ) -> CallResponse:
+    def call(self, step_name: str, url: str, **options: Unpack[CallOptions]) -> CallResponse:
+        """A durable HTTP call: retried on connection errors and 5xx answers, then stored."""
+        timeout, request = _request(url, options)
+
         def go() -> CallResponse:
             try:
                 with httpx.Client(timeout=timeout) as client:
-                    res = client.request(method, url, json=body, headers=dict(headers or {}))
+                    res = client.request(**request)
             except httpx.HTTPError as err:
                 raise _CallFailedError(f"calling {url} failed: {err}") from None
             return _check(_decode(res), url)

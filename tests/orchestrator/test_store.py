@@ -15,6 +15,7 @@ from durable_core import ConfigError
 from durable_core.orchestrator.expressions import index_term
 from durable_core.orchestrator.store import (
     AppRecord,
+    EventFilter,
     EventRecord,
     FunctionRecord,
     HistoryRecord,
@@ -342,11 +343,11 @@ async def test_events_are_listed_newest_first(store: Store) -> None:
             raw = {"name": name, "data": data, "id": f"e{i}"}
             await tx.insert_event(EventRecord(f"i{i}", name, data, f"e{i}", 100 + i, 1000 + i, raw))
     async with store.snapshot() as tx:
-        assert [e.internal_id for e in await tx.list_events(None, 10, None)] == [
+        assert [e.internal_id for e in await tx.list_events(EventFilter(limit=10))] == [
             "i3", "i2", "i1", "i0"
         ]  # fmt: skip
-        assert [e.internal_id for e in await tx.list_events("a/x", 2, None)] == ["i3", "i2"]
-        older = await tx.list_events("a/x", 10, 1003)
+        assert [e.internal_id for e in await tx.list_events(EventFilter("a/x", 2))] == ["i3", "i2"]
+        older = await tx.list_events(EventFilter("a/x", 10, 1003))
     assert [(e.internal_id, e.event_id, e.ts, e.received_at) for e in older] == [
         ("i2", "e2", 102, 1002),
         ("i0", "e0", 100, 1000),

@@ -22,6 +22,7 @@ from durable_core.orchestrator.registry import Registry
 from durable_core.orchestrator.service import FAST_BACKOFF
 from durable_core.orchestrator.store import (
     AppRecord,
+    EventFilter,
     EventRecord,
     FunctionRecord,
     ItemKind,
@@ -553,7 +554,7 @@ async def test_event_data_round_trips_exactly(stores: StoreFactory) -> None:
     async with a.transaction() as tx:
         await tx.insert_event(EventRecord("i1", "app/go", EVENT_DATA, "evt-1", 123, 456, raw))
     async with b.transaction() as tx:
-        listed = await tx.list_events("app/go", 10, None)
+        listed = await tx.list_events(EventFilter("app/go", 10))
     assert [(e.internal_id, e.name, e.event_id, e.ts, e.received_at) for e in listed] == [
         ("i1", "app/go", "evt-1", 123, 456)
     ]

@@ -25,7 +25,7 @@ import datetime as _dt
 import hmac
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 from starlette.applications import Starlette
@@ -49,7 +49,7 @@ from .api_input import (
     validation,
 )
 from .service import Orchestrator
-from .store import HistoryRecord, RunFilter, RunRecord, RunStatus
+from .store import EventFilter, HistoryRecord, RunFilter, RunRecord, RunStatus
 
 __all__ = ["MAX_BODY", "Api", "run_json"]
 
@@ -97,6 +97,17 @@ def run_json(run: RunRecord, steps: list[HistoryRecord] | None = None) -> dict[s
             for s in steps
         ]
     return out
+
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+async def read_model(request: Request, model: type[M], what: str) -> M:
+    """The body as `model`, or a 400 naming `what` and the first field that does not fit."""
+    try:
+        return model.model_validate(await read_json(request, what))
+    except pydantic.ValidationError as err:
+        raise validation(err, what) from None
 
 
 class Api:
@@ -168,10 +179,7 @@ class Api:
 
     async def register(self, request: Request) -> Response:
         self._authorize(request)
-        try:
-            body = RegisterIn.model_validate(await read_json(request, "registration"))
-        except pydantic.ValidationError as err:
-            raise validation(err, "registration") from None
+        body = await read_model(request, RegisterIn, "registration")
         for fn in body.functions:
             check_function(fn)
         modified = await self.orch.register(body.model_dump(mode="json"))
@@ -213,10 +221,7 @@ class Api:
     async def invoke(self, request: Request) -> Response:
         self._authorize(request)
         fn_id = no_nul(request.path_params["function_id"], "function id")
-        try:
-            body = InvokeIn.model_validate(await read_json(request, "invoke"))
-        except pydantic.ValidationError as err:
-            raise validation(err, "invoke") from None
+        body = await read_model(request, InvokeIn, "invoke")
         try:
             run_id = await self.orch.invoke(fn_id, body.data)
         except KeyError:
@@ -243,9 +248,10 @@ class Api:
         )
         async with self.orch.store.snapshot() as tx:
             runs = await tx.list_runs(flt)
-        last = runs[-1] if len(runs) == flt.limit else None
-        cursor = make_cursor(last.created_at, last.run_id) if last else None
-        return JsonAnswer({"data": [run_json(r) for r in runs], "next_cursor": cursor})
+        page: dict[str, Any] = {"data": [run_json(r) for r in runs]}
+        if len(runs) == flt.limit:  # a full page: there may be more
+            page["next_cursor"] = make_cursor(runs[-1].created_at, runs[-1].run_id)
+        return JsonAnswer(page)
 
     async def _get_run(self, run_id: str) -> tuple[RunRecord, list[HistoryRecord]]:
         async with self.orch.store.snapshot() as tx:
@@ -255,24 +261,24 @@ class Api:
             raise Problem(404, f"no run {run_id!r}")
         return run, history
 
-    async def run(self, request: Request) -> Response:
+    def _run_id(self, request: Request) -> str:
+        """The authorized request's run id (from its path)."""
         self._authorize(request)
-        run, history = await self._get_run(no_nul(request.path_params["run_id"], "run id"))
+        return no_nul(str(request.path_params["run_id"]), "run id")
+
+    async def run(self, request: Request) -> Response:
+        run, history = await self._get_run(self._run_id(request))
         return JsonAnswer(run_json(run, history))
 
     async def cancel(self, request: Request) -> Response:
-        self._authorize(request)
-        run_id = no_nul(request.path_params["run_id"], "run id")
-        run = await self.orch.cancel(run_id)
-        if run is None:
+        run_id = self._run_id(request)
+        if (run := await self.orch.cancel(run_id)) is None:
             raise Problem(404, f"no run {run_id!r}")
         return JsonAnswer(run_json(run))
 
     async def rerun(self, request: Request) -> Response:
-        self._authorize(request)
-        run_id = no_nul(request.path_params["run_id"], "run id")
-        new = await self.orch.rerun(run_id)
-        if new is None:
+        run_id = self._run_id(request)
+        if (new := await self.orch.rerun(run_id)) is None:
             raise Problem(404, f"no run {run_id!r}, or its function is no longer registered")
         return JsonAnswer({"run_id": new}, status_code=202)
 
@@ -285,19 +291,18 @@ class Api:
         before = self._int(request, "before", None)
         after = parse_cursor(request.query_params.get("cursor"))
         async with self.orch.store.snapshot() as tx:
-            rows = await tx.list_events(name, limit, before, after)
-        last = rows[-1] if len(rows) == limit else None
-        return JsonAnswer({"data": [
+            rows = await tx.list_events(EventFilter(name, limit, before, after))
+        page: dict[str, Any] = {"data": [
             {"internal_id": e.internal_id, "id": e.event_id, "name": e.name, "data": e.data, "ts": e.ts, "received_at": _iso(e.received_at)}
             for e in rows
-        ], "next_cursor": make_cursor(last.received_at, last.internal_id) if last else None})  # fmt: skip
+        ]}  # fmt: skip
+        if len(rows) == limit:
+            page["next_cursor"] = make_cursor(rows[-1].received_at, rows[-1].internal_id)
+        return JsonAnswer(page)
 
     async def signal(self, request: Request) -> Response:
         self._authorize(request)
-        try:
-            body = SignalIn.model_validate(await read_json(request, "signal"))
-        except pydantic.ValidationError as err:
-            raise validation(err, "signal") from None
+        body = await read_model(request, SignalIn, "signal")
         run_id = await self.orch.signal(body.signal, body.data)
         if run_id is None:
             raise Problem(404, f"no run is waiting for signal {body.signal!r}")

@@ -10,14 +10,16 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Unpack
 
 from .records import (
     AppRecord,
+    EventFilter,
     EventRecord,
     FunctionRecord,
     HistoryRecord,
     ItemKind,
+    ItemOptions,
     QueueItem,
     RunFilter,
     RunRecord,
@@ -41,14 +43,8 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     async def insert_event(self, event: EventRecord) -> None: ...
     @abc.abstractmethod
-    async def list_events(
-        self,
-        name: str | None,
-        limit: int,
-        before: int | None,
-        after: tuple[int, str] | None = None,
-    ) -> list[EventRecord]:
-        """Newest first; `after`: only events after that (received_at, internal_id)."""
+    async def list_events(self, flt: EventFilter) -> list[EventRecord]:
+        """Newest first."""
 
     @abc.abstractmethod
     async def get_key(self, scope: str, key: str) -> int | None: ...
@@ -103,18 +99,7 @@ class Tx(abc.ABC):
 
     # queue and timers
     @abc.abstractmethod
-    async def enqueue(
-        self,
-        run_id: str,
-        kind: ItemKind,
-        *,
-        step: str | None = None,
-        attempt: int = 0,
-        available_at: int | None = None,
-        payload: dict[str, Any] | None = None,
-        lease_until: int | None = None,
-        flow: dict[str, Any] | None = None,
-    ) -> int:
+    async def enqueue(self, run_id: str, kind: ItemKind, **item: Unpack[ItemOptions]) -> int:
         """Queue an item; with `lease_until`, this process has already claimed it."""
 
     @abc.abstractmethod

@@ -10,7 +10,7 @@ import dataclasses
 import enum
 import json
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 
 def now_ms() -> int:
@@ -152,6 +152,17 @@ class HistoryRecord:
     id: int | None = None
 
 
+class ItemOptions(TypedDict, total=False):
+    """A queue item's fields besides its run and kind (`Tx.enqueue`)."""
+
+    step: str | None  # the planned step a STEP request runs, or the step a timer resumes
+    attempt: int  # from 0, per step
+    available_at: int | None  # ms; now when None
+    payload: dict[str, Any] | None
+    lease_until: int | None  # already claimed by this process, until then
+    flow: dict[str, Any] | None  # the flow control it carries (`flow_options.request_flow`)
+
+
 @dataclasses.dataclass(slots=True)
 class RunFilter:
     fn_id: str | None = None
@@ -159,6 +170,15 @@ class RunFilter:
     limit: int = 50
     before: int | None = None
     #: Only runs listed after this (created_at, run_id) in the newest-first order: a cursor.
+    after: tuple[int, str] | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class EventFilter:
+    name: str | None = None
+    limit: int = 50
+    before: int | None = None
+    #: Only events listed after this (received_at, internal_id), newest first: a cursor.
     after: tuple[int, str] | None = None
 
 
@@ -250,10 +270,12 @@ __all__ = [
     "ENDED_SQL",
     "RUN_JSON_COLUMNS",
     "AppRecord",
+    "EventFilter",
     "EventRecord",
     "FunctionRecord",
     "HistoryRecord",
     "ItemKind",
+    "ItemOptions",
     "QueueItem",
     "Row",
     "RunFilter",

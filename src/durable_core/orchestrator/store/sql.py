@@ -16,6 +16,7 @@ from .records import (
     ENDED_SQL,
     RUN_JSON_COLUMNS,
     AppRecord,
+    EventFilter,
     EventRecord,
     FunctionRecord,
     HistoryRecord,
@@ -133,19 +134,13 @@ class SqlTx(QueueSql, Tx):
             ),
         )  # fmt: skip
 
-    async def list_events(
-        self,
-        name: str | None,
-        limit: int,
-        before: int | None,
-        after: tuple[int, str] | None = None,
-    ) -> list[EventRecord]:
-        conds: list[tuple[str, tuple[Any, ...]]] = [("name=?", (name,))] if name else []
-        if before is not None:
-            conds.append(("received_at<?", (before,)))
-        if after is not None:
-            conds.append(_after("received_at", "internal_id", after))
-        sql, args = _filtered("events", conds, "received_at DESC, internal_id DESC", limit)
+    async def list_events(self, flt: EventFilter) -> list[EventRecord]:
+        conds: list[tuple[str, tuple[Any, ...]]] = [("name=?", (flt.name,))] if flt.name else []
+        if flt.before is not None:
+            conds.append(("received_at<?", (flt.before,)))
+        if flt.after is not None:
+            conds.append(_after("received_at", "internal_id", flt.after))
+        sql, args = _filtered("events", conds, "received_at DESC, internal_id DESC", flt.limit)
         return [event_from_row(r) for r in await self.db.rows(sql, args)]
 
     async def get_key(self, scope: str, key: str) -> int | None:

@@ -4,12 +4,13 @@ databases (see `sql.py`)."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Unpack
 
 from .. import expressions
 from .dialect import Conn, Dialect
 from .records import (
     ItemKind,
+    ItemOptions,
     QueueItem,
     Row,
     WaitRecord,
@@ -43,23 +44,15 @@ class QueueSql:
 
     # queue and timers
 
-    async def enqueue(
-        self,
-        run_id: str,
-        kind: ItemKind,
-        *,
-        step: str | None = None,
-        attempt: int = 0,
-        available_at: int | None = None,
-        payload: dict[str, Any] | None = None,
-        lease_until: int | None = None,
-        flow: dict[str, Any] | None = None,
-    ) -> int:
+    async def enqueue(self, run_id: str, kind: ItemKind, **item: Unpack[ItemOptions]) -> int:
+        available_at, lease_until = item.get("available_at"), item.get("lease_until")
+        payload, flow = item.get("payload"), item.get("flow")
         at = available_at or now_ms()
         item_id = await self.db.insert(
             _ENQUEUE,
             (
-                run_id, kind.value, step, attempt, at, None if payload is None else dump(payload),
+                run_id, kind.value, item.get("step"), item.get("attempt", 0), at,
+                None if payload is None else dump(payload),
                 lease_until, None if lease_until is None else self.owner,
                 None if flow is None else dump(flow),
                 None if flow is None else rank(at, flow),
