@@ -74,7 +74,9 @@ async def apply(
     run's limits and `usage` what it had stored before this answer."""
     if not await unit.tx.delete_item(item.id):
         return  # its lease ran out and another worker answered it already
-    overrun = limits.over_limit(res, bounds or RunLimits(), usage or Usage())
+    overrun = None
+    if not res.within_limits:
+        overrun = limits.over_limit(res, bounds or RunLimits(), usage or Usage())
     if overrun is not None:
         await _over_limit(unit, item, run, overrun, started)
     elif res.status == 200:

@@ -2,8 +2,8 @@
 
 Each step is recorded when it finishes and made durable just before the next step runs (or
 with the request's answer), so each result is stored before anything else happens, with one
-commit per step and none extra for the last. A step over the run's limits is refused before
-it is kept, and every later one too: the request's answer then fails the run with that error.
+commit per step and none extra for the last. Limits need no check here: the steps come from
+this process's own SDK, which refuses a step over the run's limits before it reports it.
 
 A checkpoint that fails ends the request (the SDK raises it as control flow, past the user's
 `except Exception`): a store error the store calls transient is first tried again a few
@@ -19,8 +19,7 @@ import random
 from typing import Any
 
 from .._faults import fault
-from .._limits import Budget
-from ..errors import CheckpointError, LimitExceededError, RunCancelledError
+from ..errors import CheckpointError, RunCancelledError
 from .store import FunctionRecord, HistoryRecord, QueueItem, Store, now_ms
 from .watch import Watchers
 
@@ -35,7 +34,6 @@ class StepBuffer:
         watchers: Watchers,
         item: QueueItem,
         fn: FunctionRecord,
-        budget: Budget | None = None,
     ) -> None:
         self.store = store
         self.watchers = watchers
@@ -43,19 +41,7 @@ class StepBuffer:
         self.fn = fn
         self.count = 0
         self.buffer: list[tuple[HistoryRecord, dict[str, Any]]] = []
-        self.budget = budget if budget is not None else Budget()
-        self.exceeded: LimitExceededError | None = None  # then nothing more is kept
         self.closed: str | None = None
-
-    def _within_limits(self, op: dict[str, Any]) -> None:
-        if self.exceeded is None:
-            try:
-                self.budget.add_steps(1)
-                self.budget.store(f"the output of step {op['displayName']!r}", op.get("data"))
-            except LimitExceededError as err:
-                self.exceeded = err
-        if self.exceeded is not None:
-            raise LimitExceededError(str(self.exceeded), self.exceeded.limit, self.exceeded.value)
 
     def close(self, why: str) -> None:
         """The request is over (`why`): a step it still reaches stops it."""
@@ -67,7 +53,6 @@ class StepBuffer:
 
     async def record(self, op: dict[str, Any]) -> None:
         self._check_open()
-        self._within_limits(op)
         now = now_ms()
         attempt = self.item.attempt if self.count == 0 else 0
         self.count += 1
@@ -94,8 +79,6 @@ class StepBuffer:
 
     async def flush(self) -> None:
         self._check_open()
-        if self.exceeded is not None:
-            raise LimitExceededError(str(self.exceeded), self.exceeded.limit, self.exceeded.value)
         while self.buffer:
             rec, memo = self.buffer[0]
             if not await self._store(rec, memo):

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 from .._faults import fault
 from .._limits import Budget, RunLimits, Usage
 from .._steps import Checkpoints
-from ..errors import RunErrorName, error_payload, run_error
-from ..protocol import Header, execution_request
+from ..errors import RunErrorName, run_error
+from ..protocol import execution_request
 from . import answers, claiming, intake, lifecycle, limits, timers
 from .checkpoints import StepBuffer
 from .registry import Registry
@@ -211,11 +211,8 @@ class Dispatcher:
         bounds = limits.for_function(fn, self.limits.run)
         used = Usage.of(memos)
         request = _request_body(run, item, memos, fn.retries, Budget(bounds, used))
-        steps = StepBuffer(self.store, self.watchers, item, fn, Budget(bounds, used))
+        steps = StepBuffer(self.store, self.watchers, item, fn)
         result = await self._call(fn, item, request, steps, bounds.answer_bound)
-        if steps.exceeded is not None:  # a step went over a limit: whatever came after, fail
-            no_retry = {Header.NO_RETRY: "true"}
-            result = CallResult(500, no_retry, error_payload(steps.exceeded))
         if steps.count:  # steps were checkpointed: the answer reports a later step's attempt
             item = dataclasses.replace(item, attempt=0)
         answered = item
@@ -229,8 +226,7 @@ class Dispatcher:
             for rec, memo in steps.buffer:  # finished steps not yet stored: now, with the answer
                 if await unit.tx.put_memo(rec.run_id, rec.step, memo):
                     await unit.tx.add_history(rec)
-            usage = steps.budget.usage
-            await answers.apply(unit, answered, current, result, started, bounds, usage)
+            await answers.apply(unit, answered, current, result, started, bounds, used)
             return unit.finished_run(run.run_id) or current
 
         after = await self.atomic(body)
@@ -265,7 +261,8 @@ class Dispatcher:
         stops at its next step."""
         timeout = self.limits.request_timeout
         try:
-            return await asyncio.wait_for(self.inproc.call(call), timeout)
+            async with asyncio.timeout(timeout):  # no task of its own, unlike wait_for
+                return await self.inproc.call(call)
         except TimeoutError:
             steps.close(f"did not answer within {timeout:g} s")
         message = f"{call.fn.fn_id} did not answer within {timeout:g} s (request_timeout)"

@@ -35,6 +35,8 @@ class CallResult:
     body: Any
     #: The answer was longer than the call's `max_body`: it was not read (`body` says so).
     too_large: bool = False
+    #: From this process's own SDK, which kept the run's limits itself (in-process calls).
+    within_limits: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -157,4 +159,4 @@ class InProcessTransport:
             checkpoint=call.checkpoint,
         )
         wire = to_wire(func, outcome)
-        return CallResult(wire.status, wire.headers, wire.body)
+        return CallResult(wire.status, wire.headers, wire.body, within_limits=True)
