@@ -283,8 +283,12 @@ def throughput(url: str, cluster: Cluster, runs: int, warmup: int = 20) -> float
             end = time.monotonic() + RUN_DEADLINE
             while True:
                 done, last, bad = completed(conn, cluster.schema)
-                if bad:
-                    raise RuntimeError(f"{bad} runs failed")
+                if bad:  # say why: the schema is dropped when the benchmark ends
+                    rows = conn.execute(
+                        f"SELECT run_id, status, error, reason FROM {cluster.schema}.runs"
+                        " WHERE status IN ('failed','cancelled') LIMIT 5"
+                    ).fetchall()
+                    raise RuntimeError(f"{bad} runs failed, for example: {rows}")
                 if done >= total:
                     assert last is not None
                     return last
