@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -173,17 +173,7 @@ def dev(
         for url in pending:
             click.echo(f"could not sync {url}; is the app running?", err=True)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        await orch.start()
-        syncing = asyncio.create_task(sync_apps())
-        try:
-            yield
-        finally:
-            syncing.cancel()
-            await orch.stop()
-
-    api = Api(orch).app(lifespan=lifespan)
+    api = Api(orch).served(beside=sync_apps)
     click.echo(f"durable dev: http://{host}:{port} (API /v1, events /e/<any key>, store {db})")
     uvicorn.run(api, host=host, port=port, log_level="warning")
 
@@ -277,15 +267,7 @@ def start(
         limits=limits,
     )
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        await orch.start()
-        try:
-            yield
-        finally:
-            await orch.stop()
-
-    api = Api(orch).app(lifespan=lifespan)
+    api = Api(orch).served()
     click.echo(
         f"durable start: http://{host}:{port} ({type(store).__name__}, {len(keys)} event key(s), {workers} workers)"
     )

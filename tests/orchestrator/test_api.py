@@ -10,13 +10,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from durable_core import Context, Durable, NonRetriableError, TriggerEvent
@@ -46,15 +45,7 @@ def standalone(database_url: str, **options: Any) -> Iterator[TestClient]:
     """The API of an orchestrator of its own (as `durable start` serves it), started and stopped."""
     orch = Orchestrator(open_store(database_url), **options)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        await orch.start()
-        try:
-            yield
-        finally:
-            await orch.stop()
-
-    app = Starlette(routes=Api(orch).routes(), lifespan=lifespan)
+    app = Api(orch).served()
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 

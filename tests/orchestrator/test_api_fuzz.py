@@ -21,7 +21,7 @@ import json
 import os
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -350,15 +350,7 @@ def serving(database_url: str) -> Iterator[Stack]:
         open_store(database_url), signing_key=KEY, event_keys=[EVENT_KEY], backoff=FAST_BACKOFF
     )
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        await orch.start()
-        try:
-            yield
-        finally:
-            await orch.stop()
-
-    orch_server = UvicornApp(Api(orch).app(lifespan=lifespan))
+    orch_server = UvicornApp(Api(orch).served())
     durable, web = make_app(orch_server.base_url)
     app_server = UvicornApp(web)
     durable.serve_origin = app_server.base_url

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -123,15 +123,7 @@ def test_nan_is_refused_and_the_listings_keep_answering(h: Harness) -> None:
 def orchestrator_api(database_url: str) -> Iterator[tuple[Orchestrator, TestClient]]:
     orch = Orchestrator(open_store(database_url))
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        await orch.start()
-        try:
-            yield
-        finally:
-            await orch.stop()
-
-    with TestClient(Api(orch).app(lifespan=lifespan), raise_server_exceptions=False) as client:
+    with TestClient(Api(orch).served(), raise_server_exceptions=False) as client:
         yield orch, client
 
 

@@ -11,7 +11,7 @@ import contextlib
 import socket
 import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -110,15 +110,7 @@ def test_the_api_answers_503_while_the_database_is_down(
     store.pool.timeout = 1.0  # give up on a connection after 1 s (the default waits 30 s)
     orch = Orchestrator(store)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        await orch.start()
-        try:
-            yield
-        finally:
-            await orch.stop()
-
-    server = UvicornApp(Api(orch).app(lifespan=lifespan))
+    server = UvicornApp(Api(orch).served())
     server.start()
     try:
         with httpx.Client(base_url=server.base_url, timeout=DEADLINE * 3) as client:

@@ -100,15 +100,7 @@ def orchestrator(database_url: str, **options: Any) -> Iterator[TestClient]:
     """The API of a standalone orchestrator (as `durable dev` serves it), started and stopped."""
     orch = Orchestrator(open_store(database_url), backoff=(0.05,), **options)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        await orch.start()
-        try:
-            yield
-        finally:
-            await orch.stop()
-
-    with TestClient(Starlette(routes=Api(orch).routes(), lifespan=lifespan)) as client:
+    with TestClient(Api(orch).served()) as client:
         yield client
 
 

@@ -11,7 +11,7 @@ production orchestrator and a production app under real uvicorn servers.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -52,16 +52,8 @@ def running(app: Any) -> Iterator[UvicornApp]:
 def orchestrator(database_url: str) -> Iterator[httpx.Client]:
     orch = Orchestrator(open_store(database_url), signing_key=KEY, event_keys=["k"])
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        await orch.start()
-        try:
-            yield
-        finally:
-            await orch.stop()
-
     with (
-        running(Api(orch).app(lifespan=lifespan)) as server,
+        running(Api(orch).served()) as server,
         httpx.Client(base_url=server.base_url, timeout=DEADLINE) as client,
     ):
         yield client

@@ -21,9 +21,11 @@ text), and ids and query parameters holding a NUL character are refused (400) on
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as _dt
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -141,6 +143,24 @@ class Api:
             exception_handlers={HTTPException: http_exception},
             lifespan=lifespan,
         )
+
+    def served(self, beside: Callable[[], Coroutine[Any, Any, None]] | None = None) -> Starlette:
+        """The API as `durable dev` and `durable start` serve it: the orchestrator starts and
+        stops with the app, and `beside()` (if given) runs while it serves."""
+        orch = self.orch
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[None]:
+            await orch.start()
+            task = asyncio.create_task(beside()) if beside is not None else None
+            try:
+                yield
+            finally:
+                if task is not None:
+                    task.cancel()
+                await orch.stop()
+
+        return self.app(lifespan=lifespan)
 
     # -- helpers ----------------------------------------------------------------------------
 
