@@ -153,6 +153,8 @@ def dev(
     backoff = FAST_BACKOFF if fast_retries else DEFAULT_BACKOFF
     orch = Orchestrator(SqliteStore(db), backoff=backoff, limits=limits)
 
+    api = Api(orch)
+
     async def sync_apps() -> None:
         pending = list(app_urls)
         deadline = time.monotonic() + 300
@@ -160,9 +162,14 @@ def dev(
             while pending and time.monotonic() < deadline:
                 for url in list(pending):
                     with contextlib.suppress(httpx.HTTPError):
+                        before = api.registrations
                         res = await client.put(url)
-                        if res.status_code < 400:
+                        if res.status_code < 400 and api.registrations > before:
                             click.echo(f"synced {url}")
+                            pending.remove(url)
+                        elif res.status_code < 400:  # the app answered, but nothing registered
+                            why = api.last_refusal or "the app sent no registration"
+                            click.echo(f"sync of {url} registered nothing: {why}", err=True)
                             pending.remove(url)
                         else:
                             click.echo(
@@ -173,9 +180,9 @@ def dev(
         for url in pending:
             click.echo(f"could not sync {url}; is the app running?", err=True)
 
-    api = Api(orch).served(beside=sync_apps)
+    app = api.served(beside=sync_apps)
     click.echo(f"durable dev: http://{host}:{port} (API /v1, events /e/<any key>, store {db})")
-    uvicorn.run(api, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @main.command()

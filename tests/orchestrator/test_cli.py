@@ -13,6 +13,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from adapters.fastapi import Serve
 from durable_core import Context, Durable, TriggerEvent
@@ -180,3 +184,69 @@ def test_unreachable_orchestrator_is_reported() -> None:
         assert f"cannot reach the orchestrator at {url}" in result.stderr
         assert "durable dev" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def fake_sdk_app(dev_url: str, body: dict[str, Any]) -> UvicornApp:
+    """An app whose sync posts `body` to `/fn/register` and answers 200 whatever the answer
+    was, as the TypeScript SDK does with an error body that has no `status`."""
+
+    async def sync(request: Request) -> JSONResponse:
+        async with httpx.AsyncClient(timeout=DEADLINE) as client:
+            await client.post(f"{dev_url}/fn/register", json=body)
+        return JSONResponse({"message": "Successfully registered", "modified": True})
+
+    return UvicornApp(Starlette(routes=[Route("/api/inngest", sync, methods=["PUT"])]))
+
+
+def run_dev(tmp_path: Path, app_url: str, port: int) -> tuple[subprocess.Popen[str], Path]:
+    log = tmp_path / "dev.log"
+    db = str(tmp_path / "dev.db")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [*durable_command(), "dev", "--port", str(port), "--db", db, "-u", app_url],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    return proc, log
+
+
+@pytest.mark.parametrize("spelling", ["appName", "appname"])
+def test_dev_syncs_an_app_that_spells_its_name_either_way(tmp_path: Path, spelling: str) -> None:
+    port = free_port()
+    dev_url = f"http://127.0.0.1:{port}"
+    function = {
+        "id": "ts-app-hello",
+        "name": "hello",
+        "triggers": [{"event": "ts/hello"}],
+        "steps": {"step": {"id": "step", "name": "step", "runtime": {"type": "http", "url": "http://127.0.0.1:9/api/inngest?fnId=ts-app-hello&stepId=step"}}},
+    }  # fmt: skip
+    body = {spelling: "ts-app", "deployType": "ping", "url": "http://127.0.0.1:9/api/inngest", "functions": [function]}  # fmt: skip
+    app = fake_sdk_app(dev_url, body)
+    app.start()
+    proc, log = run_dev(tmp_path, f"{app.base_url}/api/inngest", port)
+    try:
+        wait_until("the sync", lambda: "synced" in log.read_text(), deadline=DEADLINE * 2)
+        fns = httpx.get(f"{dev_url}/v1/functions", timeout=DEADLINE).json()["data"]
+        assert [(f["function_id"], f["app_id"]) for f in fns] == [("ts-app-hello", "ts-app")]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=DEADLINE)
+        app.stop()
+
+
+def test_dev_reports_a_sync_that_registered_nothing_with_the_reason(tmp_path: Path) -> None:
+    port = free_port()
+    dev_url = f"http://127.0.0.1:{port}"
+    app = fake_sdk_app(dev_url, {"appName": "ts-app", "url": "http://127.0.0.1:9/api/inngest"})
+    app.start()
+    proc, log = run_dev(tmp_path, f"{app.base_url}/api/inngest", port)
+    try:
+        wait_until("the report", lambda: "registered nothing" in log.read_text(), DEADLINE * 2)
+        text = log.read_text()
+        assert "synced" not in text, text
+        assert "registered nothing: registration: functions: Field required" in text, text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=DEADLINE)
+        app.stop()

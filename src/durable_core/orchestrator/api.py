@@ -115,6 +115,10 @@ async def read_model(request: Request, model: type[M], what: str) -> M:
 class Api:
     def __init__(self, orch: Orchestrator) -> None:
         self.orch = orch
+        #: Registrations stored, and why the last one was refused (for `durable dev`, whose
+        #: sync cannot trust an SDK's answer: some answer 200 after a refused registration).
+        self.registrations = 0
+        self.last_refusal: str | None = None
 
     def routes(self) -> list[Route]:
         return [
@@ -199,10 +203,15 @@ class Api:
 
     async def register(self, request: Request) -> Response:
         self._authorize(request)
-        body = await read_model(request, RegisterIn, "registration")
-        for fn in body.functions:
-            check_function(fn)
+        try:
+            body = await read_model(request, RegisterIn, "registration")
+            for fn in body.functions:
+                check_function(fn)
+        except Problem as problem:
+            self.last_refusal = str(problem)
+            raise
         modified = await self.orch.register(body.model_dump(mode="json"))
+        self.registrations += 1
         return JsonAnswer({"ok": True, "modified": modified})
 
     async def events_in(self, request: Request) -> Response:

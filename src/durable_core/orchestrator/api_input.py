@@ -28,7 +28,10 @@ class FunctionIn(pydantic.BaseModel):
 
 class RegisterIn(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="allow")
-    appname: str = pydantic.Field(min_length=1)
+    # `appName` is how the TypeScript SDK spells it.
+    appname: str = pydantic.Field(
+        min_length=1, validation_alias=pydantic.AliasChoices("appname", "appName")
+    )
     url: str = ""
     functions: list[FunctionIn]
 
