@@ -98,6 +98,9 @@ class Function(Generic[T]):
                 {
                     "id": self.failure_id,
                     "name": f"{self.name} (failure)",
+                    # No flow control of its own, spelt as inngest-py spells it.
+                    "cancel": [],
+                    "concurrency": [],
                     "triggers": [
                         {
                             "event": SystemEvent.FUNCTION_FAILED,

@@ -18,20 +18,10 @@ NOTE: where inngest-py 0.5.19 differs from PROTOCOL.md (our SDK follows inngest-
 from __future__ import annotations
 
 import datetime
-import warnings
 
 from fastapi import FastAPI
-from pydantic.warnings import PydanticDeprecatedSince20
 
-with warnings.catch_warnings():
-    # inngest 0.5.19 declares one pydantic model with a class-based `Config` (comm_lib/models.py).
-    warnings.filterwarnings(
-        "ignore",
-        message="Support for class-based `config` is deprecated",
-        category=PydanticDeprecatedSince20,
-    )
-    import inngest
-    import inngest.fast_api
+from .inngest_sdk import inngest
 
 client = inngest.Inngest(app_id="diff", is_production=False)
 HOUR = datetime.timedelta(hours=1)
