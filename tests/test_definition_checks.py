@@ -36,6 +36,10 @@ OPTIONS: dict[str, tuple[dict[str, Any], str]] = {
         {"batch_events": Batch(max_size=2, timeout="1s", key=BAD)},
         "batch_events.key",
     ),
+    "batch_if": (
+        {"batch_events": Batch(max_size=2, timeout="1s", if_=BAD)},
+        "batch_events.if_",
+    ),
     "cancel": ({"cancel": Cancel(event="t/stop", if_=BAD)}, "cancel[0].if_"),
     "priority": ({"priority": Priority(run=BAD)}, "priority.run"),
     "idempotency": ({"idempotency": BAD}, "idempotency"),

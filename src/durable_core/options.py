@@ -96,9 +96,13 @@ class Debounce(_Option):
 
 
 class Batch(_Option):
+    """Up to `max_size` events (per `key`) start one run, or fewer once `timeout` passes; with
+    `if_`, only events matching that expression are batched, the others start runs alone."""
+
     max_size: int = pydantic.Field(ge=1, alias="maxSize")
     timeout: Duration
     key: str | None = None
+    if_: str | None = pydantic.Field(default=None, alias="if")
 
 
 class Cancel(_Option):

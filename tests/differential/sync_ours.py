@@ -123,7 +123,12 @@ def build(api_origin: str) -> FastAPI:
             id="batch",
             trigger=EVENT,
             retries=4,
-            batch_events=Batch(max_size=100, timeout=SECONDS_5, key="event.data.shop_id"),
+            batch_events=Batch(
+                max_size=100,
+                timeout=SECONDS_5,
+                key="event.data.shop_id",
+                if_="event.data.bulk == true",
+            ),
         )(_handler),
         fn(
             id="batch-plain",

@@ -112,7 +112,12 @@ def build(api_origin: str) -> FastAPI:
             fn_id="batch",
             trigger=EVENT,
             retries=4,
-            batch_events=inngest.Batch(max_size=100, timeout=SECONDS_5, key="event.data.shop_id"),
+            batch_events=inngest.Batch(
+                max_size=100,
+                timeout=SECONDS_5,
+                key="event.data.shop_id",
+                if_exp="event.data.bulk == true",
+            ),
         )(_handler),
         fn(
             fn_id="batch-plain",

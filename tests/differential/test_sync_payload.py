@@ -9,9 +9,8 @@ setting aside what legitimately differs: the serve path in URLs, the SDK's name 
 Every other difference must be listed in `DELIBERATE` with its reason, and each listed one must
 still occur, so the list cannot outlive what it explains.
 
-Not compared, because only one SDK accepts them: inngest-py's `Batch(if_exp=...)`,
-`TriggerCron(jitter=...)` and app version; our `Concurrency(scope="app")`, `Limits` and
-sub-second durations. Durations are given as timedeltas: inngest-py reads an int as
+Not compared, because only one SDK accepts them: inngest-py's `TriggerCron(jitter=...)` and
+app version; our `Concurrency(scope="app")`, `Limits` and sub-second durations. Durations are given as timedeltas: inngest-py reads an int as
 milliseconds, we read it as seconds.
 """
 

@@ -403,6 +403,23 @@ def test_batch_key_collects_separate_batches(embedded: StartFactory) -> None:
     assert sorted(ledger) == [1, 2]
 
 
+def test_batch_if_batches_only_matching_events(embedded: StartFactory) -> None:
+    """With `if_`, an event it does not match starts a run of its own at once; the matching
+    ones are batched."""
+    d, ledger = app(), []
+    batch = Batch(max_size=2, timeout="30s", if_="event.data.bulk == true")
+    collecting(d, ledger, batch_events=batch)
+    h = embedded(d)
+    for n, bulk in enumerate([True, False, True], start=1):
+        h.send("t/go", {"n": n, "bulk": bulk})
+    runs = wait_count(h, "f", 2)
+    assert outputs(h, runs, 1, 2) == [
+        {"first": 1, "events": [1, 3]},
+        {"first": 2, "events": [2]},
+    ]
+    assert sorted(ledger) == [1, 2]
+
+
 # -- timeouts ---------------------------------------------------------------------------------
 
 
