@@ -49,9 +49,16 @@ def _failed(ctx: SyncContext) -> None:
     return None
 
 
-def build(api_origin: str) -> FastAPI:
-    """A FastAPI app serving the functions, registering with the orchestrator at `api_origin`."""
-    durable = Durable(APP_ID, dev=True, orchestrator_url=api_origin)
+def build(api_origin: str, signing_key: str | None, serve_origin: str | None) -> FastAPI:
+    """A FastAPI app serving the functions, registering with the orchestrator at `api_origin`;
+    in production mode when given a signing key."""
+    durable = Durable(
+        APP_ID,
+        dev=signing_key is None,
+        signing_key=signing_key,
+        orchestrator_url=api_origin,
+        serve_origin=serve_origin,
+    )
     fn = durable.function
     functions = [
         # -- triggers -----------------------------------------------------------------------

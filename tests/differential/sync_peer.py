@@ -35,9 +35,15 @@ def _failed(ctx: inngest.Context) -> None:
     return None
 
 
-def build(api_origin: str) -> FastAPI:
-    """A FastAPI app serving the functions, registering with the orchestrator at `api_origin`."""
-    client = inngest.Inngest(app_id=APP_ID, is_production=False, api_base_url=api_origin)
+def build(api_origin: str, signing_key: str | None, serve_origin: str | None) -> FastAPI:
+    """A FastAPI app serving the functions, registering with the orchestrator at `api_origin`;
+    in production mode when given a signing key."""
+    client = inngest.Inngest(
+        app_id=APP_ID,
+        is_production=signing_key is not None,
+        signing_key=signing_key,
+        api_base_url=api_origin,
+    )
     fn = client.create_function
     functions = [
         # -- triggers -----------------------------------------------------------------------
@@ -194,5 +200,5 @@ def build(api_origin: str) -> FastAPI:
         )(_handler),
     ]
     app = FastAPI()
-    inngest.fast_api.serve(app, client, functions)
+    inngest.fast_api.serve(app, client, functions, serve_origin=serve_origin)
     return app

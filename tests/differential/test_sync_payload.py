@@ -2,16 +2,18 @@
 
 Both apps (`sync_peer.py`, `sync_ours.py`: the same functions, covering every trigger kind and
 every flow-control option both SDKs accept) are synced the way an orchestrator syncs them, by a
-PUT to their serve endpoint; each then POSTs its `/fn/register` body to a fake orchestrator
-under uvicorn on loopback. The two bodies are compared field by field, in any key order, after
-setting aside what legitimately differs: the serve path in URLs, the SDK's name and version.
+PUT to their serve endpoint, in dev mode and in production mode; each then POSTs its
+`/fn/register` body to a fake orchestrator under uvicorn on loopback. The two bodies are
+compared field by field, in any key order, after setting aside what legitimately differs: the
+serve path in URLs, the SDK's name and version. Function ids are not normalised: both SDKs make
+them `<app id>-<function id>` (and `<that>-failure` for an `on_failure` handler).
 
 Every other difference must be listed in `DELIBERATE` with its reason, and each listed one must
 still occur, so the list cannot outlive what it explains.
 
 Not compared, because only one SDK accepts them: inngest-py's `TriggerCron(jitter=...)` and
-app version; our `Concurrency(scope="app")`, `Limits` and sub-second durations. Durations are given as timedeltas: inngest-py reads an int as
-milliseconds, we read it as seconds.
+app version; our `Concurrency(scope="app")`, `Limits` and sub-second durations. Durations are
+given as timedeltas: inngest-py reads an int as milliseconds, we read it as seconds.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .driver import ABSENT, OURS_PATH, PEER_PATH
 PEER_SDK = "py:v0.5.19"
 SERVE_PATH = "/api/<sdk>"
 DEPLOY_ID = "deploy-1"
+SIGNING_KEY = "signkey-prod-" + "5e" * 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,29 +96,49 @@ DELIBERATE = [
 ]
 
 
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    name: str
+    signing_key: str | None
+    serve_origin: str | None
+
+    @property
+    def origin(self) -> str:
+        return self.serve_origin or "http://testserver"
+
+
 @dataclasses.dataclass
 class Registration:
     query: dict[str, str]
     headers: dict[str, str]
     body: Any
+    mode: Mode
 
 
-@pytest.fixture
+MODES = [
+    Mode("dev", None, None),
+    # In production both SDKs register the configured serve origin and authenticate the POST.
+    Mode("production", SIGNING_KEY, "https://shop.example.com"),
+]
+
+
+@pytest.fixture(params=MODES, ids=lambda m: m.name)
 def registrations(
-    uvicorn_server: Callable[[Any], Any],
+    request: pytest.FixtureRequest, uvicorn_server: Callable[[Any], Any]
 ) -> tuple[Registration, Registration]:
     """The `/fn/register` request each SDK sends when its serve endpoint gets a PUT."""
+    mode: Mode = request.param
     received: list[Registration] = []
 
     async def register(request: Request) -> JSONResponse:
         body = await request.json()
-        received.append(Registration(dict(request.query_params), dict(request.headers), body))
+        received.append(Registration(dict(request.query_params), dict(request.headers), body, mode))
         return JSONResponse({"ok": True, "modified": True})
 
     server = uvicorn_server(Starlette(routes=[Route("/fn/register", register, methods=["POST"])]))
     out = []
-    for app, path in ((sync_peer.build(server.base_url), PEER_PATH),
-                      (sync_ours.build(server.base_url), OURS_PATH)):  # fmt: skip
+    for sdk, path in ((sync_peer, PEER_PATH), (sync_ours, OURS_PATH)):
+        app = sdk.build(server.base_url, mode.signing_key, mode.serve_origin)
         out.append(_sync(app, path, received))
     return out[0], out[1]
 
@@ -128,21 +151,21 @@ def _sync(app: FastAPI, path: str, received: list[Registration]) -> Registration
     return received.pop()
 
 
-def _normalized(body: dict[str, Any], path: str) -> dict[str, Any]:
+def _normalized(reg: Registration, path: str) -> dict[str, Any]:
     """The body with the serve path in its URLs replaced and the SDK name left out."""
 
     def url(value: str) -> str:
-        assert value.startswith(f"http://testserver{path}"), value
+        assert value.startswith(f"{reg.mode.origin}{path}"), value
         return value.replace(path, SERVE_PATH, 1)
 
-    out = {k: v for k, v in body.items() if k not in ("functions", "sdk")}
-    out["url"] = url(body["url"])
+    out = {k: v for k, v in reg.body.items() if k not in ("functions", "sdk")}
+    out["url"] = url(reg.body["url"])
     functions = {}
-    for fn in body["functions"]:
+    for fn in reg.body["functions"]:
         step = fn["steps"]["step"]
         runtime = {**step["runtime"], "url": url(step["runtime"]["url"])}
         functions[fn["id"]] = {**fn, "steps": {"step": {**step, "runtime": runtime}}}
-    assert len(functions) == len(body["functions"]), "two functions share an id"
+    assert len(functions) == len(reg.body["functions"]), "two functions share an id"
     out["functions"] = functions
     return out
 
@@ -161,7 +184,7 @@ def _differences(where: str, peer: Any, ours: Any) -> Iterator[Difference]:
 
 
 def _all_differences(peer: Registration, ours: Registration) -> list[Difference]:
-    p, o = _normalized(peer.body, PEER_PATH), _normalized(ours.body, OURS_PATH)
+    p, o = _normalized(peer, PEER_PATH), _normalized(ours, OURS_PATH)
     p_fns, o_fns = p.pop("functions"), o.pop("functions")
     found = list(_differences("<app>:", p, o))
     for fn_id in sorted(p_fns.keys() | o_fns.keys()):
@@ -182,6 +205,9 @@ def test_both_sdks_register_the_same_functions(
     for reg in registrations:
         assert reg.query == {"deployId": DEPLOY_ID}
         assert reg.headers["content-type"] == "application/json"
+    # Unauthenticated in dev mode; in production the same bearer (the hashed signing key).
+    assert peer.headers.get("authorization") == ours.headers.get("authorization")
+    assert ("authorization" in ours.headers) is (ours.mode.signing_key is not None)
 
 
 def test_same_config_for_every_function_and_option(
