@@ -10,25 +10,10 @@ from typing import Any
 import pydantic
 
 from . import _serialize, routes
+from . import options as opt
 from .client import Client
 from .errors import ConfigError
 from .function import Function
-from .options import (
-    Batch,
-    Cancel,
-    Concurrency,
-    Debounce,
-    FunctionOptions,
-    Limits,
-    Priority,
-    RateLimit,
-    Singleton,
-    Throttle,
-    Timeouts,
-    Trigger,
-    TriggerCron,
-    TriggerEvent,
-)
 from .orchestrator import expressions, wildcards
 from .types import Handler
 
@@ -84,20 +69,20 @@ class Durable(Client):
         self,
         *,
         id: str,
-        trigger: Trigger | Sequence[Trigger] | None = None,
+        trigger: opt.Trigger | Sequence[opt.Trigger] | None = None,
         name: str | None = None,
         retries: int = 4,
-        concurrency: int | Concurrency | Sequence[Concurrency] | None = None,
-        throttle: Throttle | None = None,
-        rate_limit: RateLimit | None = None,
-        debounce: Debounce | None = None,
-        batch_events: Batch | None = None,
-        cancel: Cancel | Sequence[Cancel] | None = None,
-        priority: Priority | None = None,
+        concurrency: int | opt.Concurrency | Sequence[opt.Concurrency] | None = None,
+        throttle: opt.Throttle | None = None,
+        rate_limit: opt.RateLimit | None = None,
+        debounce: opt.Debounce | None = None,
+        batch_events: opt.Batch | None = None,
+        cancel: opt.Cancel | Sequence[opt.Cancel] | None = None,
+        priority: opt.Priority | None = None,
         idempotency: str | None = None,
-        singleton: Singleton | None = None,
-        timeouts: Timeouts | None = None,
-        limits: Limits | None = None,
+        singleton: opt.Singleton | None = None,
+        timeouts: opt.Timeouts | None = None,
+        limits: opt.Limits | None = None,
         on_failure: Handler | None = None,
         output_type: Any = None,
     ) -> Callable[[Callable[..., Any]], Function[Any]]:
@@ -110,10 +95,10 @@ class Durable(Client):
                 "TriggerCron('0 * * * *'); use TriggerEvent with a name you invoke it by if it is "
                 "only invoked"
             )
-        triggers = [trigger] if isinstance(trigger, TriggerEvent | TriggerCron) else trigger
+        triggers = [trigger] if isinstance(trigger, opt.TriggerEvent | opt.TriggerCron) else trigger
         if isinstance(concurrency, int):
-            concurrency = [Concurrency(limit=concurrency)]
-        elif isinstance(concurrency, Concurrency):
+            concurrency = [opt.Concurrency(limit=concurrency)]
+        elif isinstance(concurrency, opt.Concurrency):
             concurrency = [concurrency]
         options = _options(
             id=id,
@@ -125,7 +110,7 @@ class Durable(Client):
             rate_limit=rate_limit,
             debounce=debounce,
             batch_events=batch_events,
-            cancel=[cancel] if isinstance(cancel, Cancel) else cancel,
+            cancel=[cancel] if isinstance(cancel, opt.Cancel) else cancel,
             priority=priority,
             idempotency=idempotency,
             singleton=singleton,
@@ -152,7 +137,7 @@ class Durable(Client):
         *,
         id: str | None = None,
         retries: int = 4,
-        limits: Limits | None = None,
+        limits: opt.Limits | None = None,
         on_failure: Handler | None = None,
     ) -> Callable[[Callable[..., Any]], Function[Any]]:
         """Declare a route workflow served at `path` (a handler taking a workflow context).
@@ -165,7 +150,7 @@ class Durable(Client):
             fn_id = id or routes.workflow_id(path)
             fn = self.function(
                 id=fn_id,
-                trigger=TriggerEvent(f"{routes.WORKFLOW_EVENT}/{fn_id}"),
+                trigger=opt.TriggerEvent(f"{routes.WORKFLOW_EVENT}/{fn_id}"),
                 retries=retries,
                 limits=limits,
                 on_failure=on_failure,
@@ -177,10 +162,10 @@ class Durable(Client):
         return decorate
 
 
-def _options(**fields: Any) -> FunctionOptions:
+def _options(**fields: Any) -> opt.FunctionOptions:
     """Validated options, or a ConfigError naming the first bad field."""
     try:
-        options = FunctionOptions(**fields)
+        options = opt.FunctionOptions(**fields)
     except pydantic.ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -200,11 +185,11 @@ _PYTHON_NAMES = (
 )
 
 
-def _problem(options: FunctionOptions) -> str | None:
+def _problem(options: opt.FunctionOptions) -> str | None:
     """What the orchestrator would refuse: a wildcard it does not support, or an expression
     that does not compile or uses a variable it does not see (the option named)."""
     for i, trig in enumerate(options.triggers):
-        if isinstance(trig, TriggerEvent) and (bad := wildcards.problem(trig.event)):
+        if isinstance(trig, opt.TriggerEvent) and (bad := wildcards.problem(trig.event)):
             return f"trigger[{i}].{bad}"
     for i, cancel in enumerate(options.cancel or []):
         if "*" in cancel.event:
