@@ -158,9 +158,12 @@ function define(mode) {
     "serial",
     { concurrency: { limit: 1 } },
     async ({ event, step }) => {
-      const started = await step.run("start", () => Date.now());
-      await new Promise((resolve) => setTimeout(resolve, 200));
-      const ended = await step.run("end", () => Date.now());
+      // Concurrency limits the requests in flight: no two of these steps run at once.
+      const [started, ended] = await step.run("work", async () => {
+        const start = Date.now();
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        return [start, Date.now()];
+      });
       return [started, ended, event.data.n];
     },
   );
