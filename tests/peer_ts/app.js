@@ -193,7 +193,7 @@ const endpoint = serveEndpoint(
     const n = Number(url.searchParams.get("n") || "1");
     const a = await step.run("first", () => n + 1);
     const b = await step.run("second", () => a * 2);
-    return Response.json({ a, b });
+    return { a, b }; // sent as JSON, and checkpointed as the run's output
   }),
 );
 

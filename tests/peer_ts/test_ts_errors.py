@@ -4,6 +4,7 @@ checkpointing on and off; and its durable endpoints (runs started inside the app
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import uuid
 from typing import Any
 
@@ -151,3 +152,45 @@ def test_durable_endpoint_run_is_stored_with_its_steps(peer_ts: TsPeer) -> None:
     names = [s["name"] for s in run["steps"] if s["op"] == "StepRun"]
     assert names == ["first", "second"], run["steps"]
     assert [s["output"] for s in run["steps"] if s["op"] == "StepRun"] == [5, 10]
+    # The output is the HTTP response the endpoint answered with.
+    assert run["output"]["status"] == 200, run
+    assert json.loads(run["output"]["body"]) == {"a": 5, "b": 10}
+
+
+def test_checkpoint_api_refuses_bad_bodies_and_unknown_runs(peer_ts: TsPeer) -> None:
+    http = peer_ts.http
+    res = http.post("/v1/checkpoint", content=b"[1")
+    assert res.status_code == 400 and "not valid JSON" in res.json()["error"], res.text
+    res = http.post("/v1/checkpoint", json={"event": {"name": "inngest/http.request"}})
+    assert res.status_code == 400 and "run_id" in res.json()["error"], res.text
+    event = {"name": "inngest/http.request", "data": {"domain": "http://a.test", "path": "/x"}}
+    step = {"id": "s1", "op": "Sleep", "name": "2s"}
+    res = http.post("/v1/checkpoint", json={"run_id": _tag(), "event": event, "steps": [step]})
+    assert res.status_code == 400 and "'Sleep' cannot be checkpointed" in res.text, res.text
+    res = http.post(f"/v1/checkpoint/{_tag()}/steps", json={"steps": []})
+    assert res.status_code == 404, res.text
+
+
+def test_checkpoint_api_stores_each_step_once(peer_ts: TsPeer) -> None:
+    run_id = _tag()
+    event = {"name": "inngest/http.request", "data": {"domain": "http://a.test", "path": "/x"}}
+    step = {"id": "s1", "op": "StepRun", "name": "one", "data": 1}
+    body = {"run_id": run_id, "event": event, "steps": [step]}
+    for _ in range(2):  # sent again (a retried checkpoint): nothing changes
+        res = peer_ts.http.post("/v1/checkpoint", json=body)
+        assert res.status_code == 200, res.text
+        assert res.json()["data"]["run_id"] == run_id
+    fn_id = res.json()["data"]["fn_id"]
+    again = {"steps": [step, {"id": "s2", "op": "StepRun", "name": "two", "data": 2}]}
+    for _ in range(2):
+        res = peer_ts.http.post(f"/v1/checkpoint/{run_id}/steps", json=again)
+        assert res.status_code == 200, res.text
+    done = {"steps": [{"id": "c", "op": "RunComplete", "data": {"status": 200, "body": "3"}}]}
+    res = peer_ts.http.post(f"/v1/checkpoint/{run_id}/steps", json=done)
+    assert res.status_code == 200, res.text
+    run = peer_ts.run(run_id)
+    assert (run["status"], run["function_id"]) == ("completed", fn_id), run
+    assert [(s["name"], s["output"]) for s in run["steps"]] == [("one", 1), ("two", 2)]
+    late = {"steps": [{"id": "s3", "op": "StepRun", "name": "three", "data": 3}]}
+    res = peer_ts.http.post(f"/v1/checkpoint/{run_id}/steps", json=late)
+    assert res.status_code == 409 and "has ended" in res.json()["error"], res.text
