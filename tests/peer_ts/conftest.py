@@ -93,7 +93,9 @@ def peer_ts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TsPeer]:
     peer = None
     try:
         app_env = {**env, "PEER_APP_PORT": str(app_port), "PEER_ORCHESTRATOR_URL": orch_url}
-        processes.append(Process("node app", [str(node), str(APP_SCRIPT)], app_env, tmp / "app.log"))
+        processes.append(
+            Process("node app", [str(node), str(APP_SCRIPT)], app_env, tmp / "app.log")
+        )
         dev = [str(DURABLE_BIN), "dev", "--port", str(orch_port), "--db", str(tmp / "dev.db")]
         dev += ["--fast-retries", "-u", app_url + SERVE_PATH]
         processes.append(Process("durable dev", dev, env, tmp / "orchestrator.log"))

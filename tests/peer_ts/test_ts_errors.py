@@ -4,6 +4,7 @@ checkpointing on and off; and its durable endpoints (runs started inside the app
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import uuid
 from typing import Any
@@ -46,9 +47,7 @@ def test_retry_after_error_delays_the_retry(peer_ts: TsPeer, mode: str) -> None:
     assert _at(ran["started_at"]) >= _at(failed["ended_at"]) + _dt.timedelta(seconds=3)
 
 
-def test_non_retriable_error_fails_the_run_and_runs_on_failure(
-    peer_ts: TsPeer, mode: str
-) -> None:
+def test_non_retriable_error_fails_the_run_and_runs_on_failure(peer_ts: TsPeer, mode: str) -> None:
     run = _start(peer_ts, "doomed", mode)
     assert run["status"] == "failed", run
     assert run["error"]["message"] == "no point retrying", run
@@ -62,8 +61,7 @@ def test_non_retriable_error_fails_the_run_and_runs_on_failure(
                 for r in peer_ts.get("/v1/runs", function_id=f"peer-ts-doomed-{mode}-failure")[
                     "data"
                 ]
-                if r["status"] in FINISHED
-                and r["event"]["data"].get("run_id") == run["run_id"]
+                if r["status"] in FINISHED and r["event"]["data"].get("run_id") == run["run_id"]
             ),
             None,
         ),
@@ -110,7 +108,7 @@ def test_concurrency_limit_runs_one_at_a_time(peer_ts: TsPeer, mode: str) -> Non
     runs = peer_ts.until("three finished runs", finished)
     assert all(r["status"] == "completed" for r in runs), runs
     spans = sorted(peer_ts.run(r["run_id"])["output"][:2] for r in runs)
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"two runs of a function with concurrency 1 overlapped: {spans}"
 
 
@@ -127,9 +125,16 @@ def test_rate_limit_and_throttle_arrive_and_apply(peer_ts: TsPeer, mode: str) ->
     fn_id = f"peer-ts-limited-{mode}"
     runs = peer_ts.until(
         "one run and two skipped",
-        lambda: rows
-        if len(rows := [r for r in peer_ts.runs(fn_id, tag=tag) if r["status"] in FINISHED | {"skipped"}]) == 3
-        else None,
+        lambda: (
+            rows
+            if len(
+                rows := [
+                    r for r in peer_ts.runs(fn_id, tag=tag) if r["status"] in FINISHED | {"skipped"}
+                ]
+            )
+            == 3
+            else None
+        ),
     )
     statuses = sorted(r["status"] for r in runs)
     assert statuses == ["completed", "skipped", "skipped"], runs

@@ -338,7 +338,8 @@ class Api:
         run_id = await self.orch.signal(body.signal, body.data)
         if run_id is None:
             raise Problem(404, f"no run is waiting for signal {body.signal!r}")
-        return JsonAnswer({"run_id": run_id})
+        # `data.run_id` too: the TypeScript SDK's `step.sendSignal` reads it there.
+        return JsonAnswer({"run_id": run_id, "data": {"run_id": run_id}})
 
     async def health(self, request: Request) -> Response:
         return JsonAnswer({"ok": True})

@@ -50,7 +50,7 @@ class StepIn(pydantic.BaseModel):
     id: str = pydantic.Field(min_length=1, max_length=MAX_ID)
     op: str
     name: str | None = None
-    displayName: str | None = None  # noqa: N815 - the SDK's spelling
+    displayName: str | None = None
     data: Any = None
     error: Any = None
 
@@ -84,7 +84,7 @@ class StepsIn(pydantic.BaseModel):
     steps: list[StepIn]
 
 
-async def _read(request: Request, model: type[pydantic.BaseModel], what: str) -> Any:
+async def _read(request: Request, model: type[NewRunIn | StepsIn], what: str) -> Any:
     """The body as `model`. The SDK times its steps in nanoseconds (`timing`, past 2^53):
     any integer is read, and only what is stored (the event, each step's data and error)
     must keep within the limits every endpoint keeps."""
