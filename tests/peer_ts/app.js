@@ -154,6 +154,14 @@ function define(mode) {
     return got === null ? { timedOut: true } : { data: got.data };
   });
 
+  const signaller = fn("signaller", {}, async ({ event, step }) => {
+    const sent = await step.sendSignal("notify", {
+      signal: event.data.signal,
+      data: { from: "signaller" },
+    });
+    return { runId: sent.runId };
+  });
+
   const serial = fn(
     "serial",
     { concurrency: { limit: 1 } },
@@ -179,7 +187,8 @@ function define(mode) {
 
   return [
     loop, plain, asyncHandler, sleep, sleepUntil, wait, sent, sender, child, invoker, parallel,
-    flaky, later, doomed, signal, serial, limited,
+    flaky, later, doomed, signal, signaller, serial,
+    limited,
   ];
 }
 

@@ -32,7 +32,8 @@ SERVE_PATH = "/api/inngest"
 MODES = ("on", "off")
 NAMES = (
     "loop", "plain", "async", "sleep", "sleep-until", "wait", "sent", "sender", "child",
-    "invoker", "parallel", "flaky", "later", "doomed", "signal", "serial", "limited",
+    "invoker", "parallel", "flaky", "later", "doomed", "signal", "signaller", "serial",
+    "limited",
 )  # fmt: skip
 #: Every function the app registers: each name with checkpointing on and off, and the
 #: `onFailure` handler the SDK registers as a function of its own.

@@ -90,6 +90,20 @@ def test_wait_for_signal_resumes_with_the_signal_sent_through_the_api(
     assert run["output"] == {"data": {"go": 1}}
 
 
+def test_wait_for_signal_resumes_with_a_signal_another_function_sends(
+    peer_ts: TsPeer, mode: str
+) -> None:
+    tag = signal = _tag()
+    peer_ts.send({"name": f"ts/signal.{mode}", "data": {"tag": tag, "signal": signal}})
+    waiting = peer_ts.one_run(f"peer-ts-signal-{mode}", status={"waiting"}, tag=tag)
+    sender = _start(peer_ts, "signaller", mode, signal=signal)
+    assert sender["status"] == "completed", sender
+    assert sender["output"] == {"runId": waiting["run_id"]}
+    run = peer_ts.one_run(f"peer-ts-signal-{mode}", tag=tag)
+    assert run["status"] == "completed", run
+    assert run["output"] == {"data": {"from": "signaller"}}
+
+
 def test_concurrency_limit_runs_one_at_a_time(peer_ts: TsPeer, mode: str) -> None:
     [fn] = [
         f
