@@ -114,6 +114,21 @@ function define(mode) {
     return results;
   });
 
+  // The race goes to the step that finished first, which the SDK learns from the order of
+  // `ctx.stack.stack` (the step ids hash the other way round: "late" sorts first).
+  const race = fn("race", {}, async ({ event, step }) => {
+    return await Promise.race([
+      step
+        .waitForEvent("late", {
+          event: `ts/race-go.${mode}`,
+          if: `async.data.tag == "${event.data.tag}"`,
+          timeout: "60s",
+        })
+        .then(() => "late"),
+      step.run("early", () => "early"),
+    ]);
+  });
+
   const flaky = fn("flaky", {}, async ({ step, attempt }) => {
     const value = await step.run("flaky", () => {
       if (attempt < 2) throw new Error(`failing on attempt ${attempt}`);
@@ -187,7 +202,7 @@ function define(mode) {
 
   return [
     loop, plain, asyncHandler, sleep, sleepUntil, wait, sent, sender, child, invoker, parallel,
-    flaky, later, doomed, signal, signaller, serial,
+    race, flaky, later, doomed, signal, signaller, serial,
     limited,
   ];
 }

@@ -32,7 +32,7 @@ SERVE_PATH = "/api/inngest"
 MODES = ("on", "off")
 NAMES = (
     "loop", "plain", "async", "sleep", "sleep-until", "wait", "sent", "sender", "child",
-    "invoker", "parallel", "flaky", "later", "doomed", "signal", "signaller", "serial",
+    "invoker", "parallel", "race", "flaky", "later", "doomed", "signal", "signaller", "serial",
     "limited",
 )  # fmt: skip
 #: Every function the app registers: each name with checkpointing on and off, and the

@@ -124,3 +124,21 @@ def test_promise_all_runs_steps_in_parallel(peer_ts: TsPeer, mode: str) -> None:
     for name in ("par-a", "par-b", "par-c"):
         ran = [s for s in _steps(run, name) if s["op"] == "StepRun"]
         assert len(ran) == 1, run["steps"]
+
+
+def test_promise_race_goes_to_the_step_that_finished_first(peer_ts: TsPeer, mode: str) -> None:
+    tag = _tag()
+    peer_ts.send({"name": f"ts/race.{mode}", "data": {"tag": tag}})
+    fn_id = f"peer-ts-race-{mode}"
+
+    def early_done() -> dict[str, Any] | None:
+        rows = peer_ts.runs(fn_id, tag=tag)
+        run = peer_ts.run(rows[0]["run_id"]) if rows else None
+        ran = run and [s for s in run["steps"] if s["name"] == "early" and s["op"] == "StepRun"]
+        return run if ran else None
+
+    peer_ts.until("the early step", early_done)
+    peer_ts.send({"name": f"ts/race-go.{mode}", "data": {"tag": tag}})
+    run = peer_ts.one_run(fn_id, tag=tag)
+    assert run["status"] == "completed", run
+    assert run["output"] == "early"
