@@ -21,7 +21,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/python examples/quickstart.py
 
-test: $(STAMP)
+# The TypeScript peer app's node packages (tests/peer_ts), installed again when the lockfile
+# changes. Without npm the peer tests skip themselves, except under CI=true, where it fails.
+PEER_TS := tests/peer_ts
+PEER_TS_STAMP := $(PEER_TS)/node_modules/.installed
+
+$(PEER_TS_STAMP): $(PEER_TS)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(PEER_TS) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	elif [ "$$CI" = "true" ]; then \
+		echo "npm is missing: the TypeScript peer tests need node and npm" >&2; exit 1; \
+	else echo "npm is missing: the TypeScript peer tests will be skipped"; fi
+
+test: $(STAMP) $(PEER_TS_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -209,15 +209,11 @@ class RunErrorName(enum.StrEnum):
     LIMIT_EXCEEDED = "LimitExceededError"  # the name the SDK's `LimitExceededError` reports too
 
 
-def run_error(name: RunErrorName, message: str, *, with_stack: bool = True) -> dict[str, Any]:
-    """An error result the orchestrator records: `{"name", "message", "stack": None}`.
-
-    `with_stack=False` leaves out the `stack` key, as a cancelled child's error does.
-    """
-    error: dict[str, Any] = {"name": str(name), "message": message}
-    if with_stack:
-        error["stack"] = None
-    return error
+def run_error(name: RunErrorName, message: str) -> dict[str, Any]:
+    """An error result the orchestrator records: `{"name", "message"}`. It has no `stack`
+    key: the SDKs take a stack that is a string or absent (the TypeScript SDK turns
+    `"stack": null` into "Unknown error")."""
+    return {"name": str(name), "message": message}
 
 
 class ServeErrorCode(enum.StrEnum):

@@ -23,6 +23,7 @@ class Opcode(enum.StrEnum):
     WAIT_FOR_EVENT = "WaitForEvent"
     WAIT_FOR_SIGNAL = "WaitForSignal"
     INVOKE = "InvokeFunction"
+    RUN_COMPLETE = "RunComplete"
 
 
 class Header:

@@ -152,6 +152,29 @@ invokes = st.fixed_dictionaries(
 )
 
 
+checkpoint_steps = st.lists(
+    st.fixed_dictionaries(
+        {
+            "id": text | st.sampled_from(["s1", "s2"]),
+            "op": st.sampled_from(["StepRun", "StepFailed", "StepError", "RunComplete", "Sleep"])
+            | text,
+        },
+        optional={"name": text, "data": json_values, "error": json_values},
+    ),
+    max_size=3,
+)
+endpoint_runs = st.fixed_dictionaries(
+    {
+        "run_id": text | st.sampled_from(["r1", "r2"]),
+        "event": st.fixed_dictionaries(
+            {"name": st.just("inngest/http.request") | text},
+            optional={"data": st.fixed_dictionaries({"domain": text, "path": text}) | json_values},
+        ),
+        "steps": checkpoint_steps,
+    }
+)
+
+
 def dumps(value: Any) -> bytes:
     return json.dumps(value).encode()  # NaN and Infinity as their (non-JSON) tokens
 
@@ -213,6 +236,11 @@ orchestrator_calls = st.one_of(
     body_for(events).flatmap(lambda b: orch_call("POST", "/v1/events", b)),
     body_for(registrations).flatmap(lambda b: orch_call("POST", "/fn/register", b)),
     body_for(signals).flatmap(lambda b: orch_call("POST", "/v1/signals", b)),
+    body_for(endpoint_runs).flatmap(lambda b: orch_call("POST", "/v1/checkpoint", b)),
+    st.tuples(
+        odd_ids | st.sampled_from(["r1", "r2"]),
+        body_for(st.fixed_dictionaries({"steps": checkpoint_steps})),
+    ).flatmap(lambda ib: orch_call("POST", f"/v1/checkpoint/{quoted(ib[0])}/steps", ib[1])),
     st.tuples(st.sampled_from([f"{APP}-echo"]) | odd_ids, body_for(invokes)).flatmap(
         lambda fb: orch_call("POST", f"/v1/functions/{quoted(fb[0])}/invoke", fb[1])
     ),

@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 
 from durable_core import Context, Durable, LimitExceededError, Limits, SyncContext, TriggerEvent
+from durable_core._limits import RunLimits, Usage
 from durable_core.errors import ConfigError
+from durable_core.orchestrator import limits as run_limits
 from durable_core.orchestrator.embedded import Embedded
+from durable_core.orchestrator.transport import CallResult
 
 from .conftest import DEADLINE, FINISHED, Harness, StartFactory, sqlite_only, wait_until
 
@@ -207,3 +210,15 @@ def test_a_bad_limit_variable_is_refused_naming_it(monkeypatch: pytest.MonkeyPat
 
 def test_the_error_is_non_retriable() -> None:
     assert LimitExceededError("x").retriable is False
+
+
+def test_a_run_complete_op_is_held_to_the_output_limit_and_is_not_a_step() -> None:
+    # The TypeScript SDK ends a run with `206 [..., {"op": "RunComplete", "data": output}]`.
+    bounds = RunLimits(step_output=100, steps=1)
+    done = {"op": "RunComplete", "id": "complete", "data": "x" * 10}
+    fits = CallResult(206, {}, [{"op": "StepRun", "id": "a", "data": 1}, done])
+    assert run_limits.over_limit(fits, bounds, Usage()) is None
+    big = CallResult(206, {}, [{**done, "data": "x" * 200}])
+    overrun = run_limits.over_limit(big, bounds, Usage())
+    assert overrun is not None and overrun.op == big.body[0]
+    assert "the output of the function" in overrun.error["message"]

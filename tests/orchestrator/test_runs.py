@@ -398,7 +398,7 @@ def test_wait_for_signal_is_resolved_through_the_api(mode: str, embedded: StartF
     h.wait_status(run_id, "waiting")
     res = h.post("/v1/signals", {"signal": "pay-1", "data": {"paid": True}})
     assert res.status_code == 200, res.text
-    assert res.json() == {"run_id": run_id}
+    assert res.json() == {"run_id": run_id, "data": {"run_id": run_id}}
     run = h.finish(run_id)
     assert run["status"] == "completed", run
     assert run["output"] == {"signal": "pay-1", "data": {"paid": True}}

@@ -63,7 +63,7 @@ def test_a_run_displaced_by_replace_resumes_with_none_at_its_timeout(
 
     res = h.post("/v1/signals", {"signal": "approve", "data": "yes"})
     assert res.status_code == 200, res.text
-    assert res.json() == {"run_id": second}
+    assert res.json() == {"run_id": second, "data": {"run_id": second}}
     assert h.finish(second)["output"] == {"got": "yes"}
     displaced = h.finish(first)  # its timeout: before the fix it waited for ever
     assert displaced["status"] == "completed", displaced
@@ -88,7 +88,7 @@ def test_on_conflict_fail_raises_a_signal_conflict_the_function_can_catch(
 
     # The first run still holds the name and gets the signal.
     res = h.post("/v1/signals", {"signal": "approve", "data": "yes"})
-    assert res.json() == {"run_id": first}
+    assert res.json() == {"run_id": first, "data": {"run_id": first}}
     assert h.finish(first)["output"] == {"got": "yes"}
 
 

@@ -155,6 +155,23 @@ async def test_memos_first_write_wins(store: Store) -> None:
         assert await tx.get_memos("r3") == {}
 
 
+async def test_memos_are_listed_in_the_order_they_were_stored(store: Store) -> None:
+    # Requests send them in that order (`ctx.stack.stack`): the order steps finished, which
+    # the TypeScript SDK replays parallel steps by; not the order of their hashed ids.
+    async with store.transaction() as tx:
+        await tx.insert_run(run_record("r1", status=RunStatus.RUNNING))
+    steps = ["f" * 40, "0" * 40, "9" * 40, "a" * 40, "5" * 40]
+    for i, step in enumerate(steps):
+        if i % 2:  # both ways of storing a memo: in a unit, and a checkpoint of its own
+            rec = HistoryRecord("r1", step, step[0], "StepRun", 0, now_ms(), now_ms(), i)
+            assert await store.checkpoint(rec, {"data": i}) is True
+        else:
+            async with store.transaction() as tx:
+                await tx.put_memo("r1", step, {"data": i})
+    async with store.transaction() as tx:
+        assert list(await tx.get_memos("r1")) == steps
+
+
 async def test_a_failed_transaction_leaves_nothing(store: Store) -> None:
     with pytest.raises(RuntimeError):
         async with store.transaction() as tx:

@@ -167,7 +167,7 @@ def test_wait_for_signal(kicked_off: ServedApp, mode: str) -> None:
     name = signal_name(tag(app, "signal", mode))
     res = app.signal(name, {"approved": True})
     assert res.status_code == 200, res.text
-    assert res.json() == {"run_id": run_id}
+    assert res.json() == {"run_id": run_id, "data": {"run_id": run_id}}
     run = app.wait_run(run_id)
     assert run["status"] == "completed", run
     assert run["output"] == {"signal": name, "data": {"approved": True}}

@@ -86,7 +86,8 @@ async def apply(
         and isinstance(res.body, list)
         and all(isinstance(o, dict) and "op" in o for o in res.body)
     ):
-        await _apply_ops(_Answer(unit, item, run, started), res.body)
+        retry_after = res.headers.get(Header.RETRY_AFTER) or ""
+        await _apply_ops(_Answer(unit, item, run, started, retry_after=retry_after), res.body)
     else:
         await _function_error(unit, item, run, res, started)
 
@@ -166,6 +167,7 @@ class _Answer:
     item: QueueItem
     run: RunRecord
     started: int
+    retry_after: str = ""  # the answer's `retry-after` header: when a StepError may retry
     now: int = dataclasses.field(default_factory=now_ms)
     waiting: list[str] = dataclasses.field(default_factory=list)
     reasons: list[str] = dataclasses.field(default_factory=list)
@@ -201,7 +203,9 @@ async def _step_ran(a: _Answer, op: _Op) -> None:
     )
     await a.unit.tx.add_history(rec)
     if op.kind == Opcode.STEP_ERROR:
-        await _retry(a.unit, a.item, a.run, a.now + lifecycle.delay_ms(a.unit, a.item.attempt))
+        when = a.now + lifecycle.delay_ms(a.unit, a.item.attempt)
+        at = retry_at(a.retry_after, a.now)
+        await _retry(a.unit, a.item, a.run, when if at is None else max(at, a.now))
         a.reasons.append(f"step {op.name!r} failed (attempt {a.item.attempt + 1}), retrying")
         return
     memo = {"data": data} if op.kind == Opcode.STEP_RUN else {"error": error}
@@ -222,6 +226,9 @@ async def _sleep(a: _Answer, op: _Op) -> None:
     duration = op.opts.get("duration")
     if wake is None and duration:
         wake = parse_time(str(duration))  # a duration, or an RFC 3339 time
+    if wake is None and not duration:  # the TypeScript SDK names the duration: "2s"
+        with contextlib.suppress(ValueError, TypeError):
+            wake = a.now + duration_ms(str(op.raw.get("name") or ""))
     if wake is None:
         wake = a.now + _ms(duration, 0)
     a.waiting.append(op.step)
@@ -299,6 +306,12 @@ async def _invoke(a: _Answer, op: _Op) -> None:
     a.reasons.append(f"waiting for invoked run {child} of {fn_id}")
 
 
+async def _run_complete(a: _Answer, op: _Op) -> None:
+    """RunComplete: the SDK ends the run with its output (after the steps before it)."""
+    await lifecycle.finish(a.unit, a.run, RunStatus.COMPLETED, output=op.raw.get("data"))
+    a.failed = True  # the run has ended: no op after this one applies
+
+
 async def _unsupported(a: _Answer, op: _Op) -> None:
     rec = HistoryRecord(
         a.run.run_id, op.step, op.name, op.kind, a.item.attempt, a.started, a.now,
@@ -323,6 +336,7 @@ HANDLERS: dict[str, Handler] = {
     Opcode.WAIT_FOR_EVENT: _wait_for_event,
     Opcode.WAIT_FOR_SIGNAL: _wait_for_signal,
     Opcode.INVOKE: _invoke,
+    Opcode.RUN_COMPLETE: _run_complete,
 }
 
 

@@ -9,6 +9,7 @@
     GET  /v1/events?name=&limit=&cursor=;  POST /v1/events
     POST /v1/functions/{function_id}/invoke   {"data": {...}, "wait": bool, "timeout": seconds}
     POST /v1/signals                       {"signal": name, "data": ...}
+    POST /v1/checkpoint, /v1/checkpoint/{run_id}/steps   runs of durable endpoints (`api_endpoints`)
 
 Every error is JSON, `{"error": "...", "status": N}` naming the problem: 400 for a bad body or
 parameter, 413 for a body over 10 MiB, 404 for an unknown id, 401 without the right key, 503
@@ -37,6 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import signing
+from .api_endpoints import EndpointCheckpoints
 from .api_http import MAX_BODY, JsonAnswer, guarded, http_exception, read_json
 from .api_input import (
     InvokeIn,
@@ -136,6 +138,7 @@ class Api:
             Route("/v1/events", self._guarded(self.events), methods=["GET", "POST"]),
             Route("/v1/signals", self._guarded(self.signal), methods=["POST"]),
             Route("/health", self._guarded(self.health), methods=["GET"]),
+            *EndpointCheckpoints(self.orch, self._authorize, self._guarded).routes(),
         ]
 
     def app(
@@ -335,7 +338,8 @@ class Api:
         run_id = await self.orch.signal(body.signal, body.data)
         if run_id is None:
             raise Problem(404, f"no run is waiting for signal {body.signal!r}")
-        return JsonAnswer({"run_id": run_id})
+        # `data.run_id` too: the TypeScript SDK's `step.sendSignal` reads it there.
+        return JsonAnswer({"run_id": run_id, "data": {"run_id": run_id}})
 
     async def health(self, request: Request) -> Response:
         return JsonAnswer({"ok": True})

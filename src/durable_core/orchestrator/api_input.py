@@ -25,6 +25,19 @@ class FunctionIn(pydantic.BaseModel):
     triggers: list[dict[str, Any]]
     steps: dict[str, dict[str, Any]]
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _one_concurrency_form(cls, data: Any) -> Any:
+        """`concurrency` as a list of limits: the TypeScript SDK sends what its user wrote,
+        a number or one limit as well as a list."""
+        if isinstance(data, dict):
+            conc = data.get("concurrency")
+            if isinstance(conc, int) and not isinstance(conc, bool):
+                data = {**data, "concurrency": [{"limit": conc}]}
+            elif isinstance(conc, dict):
+                data = {**data, "concurrency": [conc]}
+        return data
+
 
 class RegisterIn(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="allow")

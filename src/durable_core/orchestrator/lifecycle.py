@@ -178,14 +178,9 @@ def _child_memo(status: RunStatus, fields: dict[str, Any]) -> dict[str, Any]:
     if status is RunStatus.COMPLETED:
         return {"data": fields["output"]}
     failure = fields["error"] or run_error(
-        RunErrorName.RUN_CANCELLED,
-        fields["reason"] or "the invoked run was cancelled",
-        with_stack=False,
+        RunErrorName.RUN_CANCELLED, fields["reason"] or "the invoked run was cancelled"
     )
-    return {
-        "error": {
-            "name": failure.get("name", "Error"),
-            "message": failure.get("message", ""),
-            "stack": failure.get("stack"),
-        }
-    }
+    error = {"name": failure.get("name", "Error"), "message": failure.get("message", "")}
+    if isinstance(failure.get("stack"), str):  # a stack is a string or absent, never null
+        error["stack"] = failure["stack"]
+    return {"error": error}

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -189,12 +190,12 @@ class PostgresStore(Store):
             cur = await conn.execute(
                 "WITH ok AS (SELECT 1 FROM runs WHERE run_id=%(r)s"
                 f"   AND status NOT IN {ENDED_SQL}),"
-                " m AS (INSERT INTO memos SELECT %(r)s, %(s)s, %(memo)s FROM ok ON CONFLICT DO NOTHING RETURNING 1),"
+                " m AS (INSERT INTO memos SELECT %(r)s, %(s)s, %(memo)s, %(seq)s FROM ok ON CONFLICT DO NOTHING RETURNING 1),"
                 " h AS (INSERT INTO history (run_id, step, name, op, attempt, started_at, ended_at, output)"
                 "   SELECT %(r)s, %(s)s, %(name)s, %(op)s, %(attempt)s, %(start)s, %(end)s, %(out)s FROM m)"
                 " SELECT count(*) AS active FROM ok",
                 {
-                    "r": rec.run_id, "s": rec.step, "memo": dump(memo), "name": rec.name, "op": rec.op,
+                    "r": rec.run_id, "s": rec.step, "memo": dump(memo), "seq": time.time_ns(), "name": rec.name, "op": rec.op,
                     "attempt": rec.attempt, "start": rec.started_at, "end": rec.ended_at,
                     "out": None if rec.output is None else dump(rec.output),
                 },

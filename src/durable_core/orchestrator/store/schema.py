@@ -82,6 +82,12 @@ _LEASE_OWNERS = """
     ALTER TABLE queue ADD COLUMN lease_owner TEXT;
 """
 
+# When each memo was stored (nanoseconds since the epoch): requests list a run's memos in the
+# order its steps finished (`ctx.stack.stack`), which SDKs use to replay parallel steps.
+_MEMO_ORDER = """
+    ALTER TABLE memos ADD COLUMN seq {bigint};
+"""
+
 
 def migrations(dialect: Dialect) -> list[str]:
     """The migrations in order, as scripts for `dialect` (version n is item n - 1); a script
@@ -92,6 +98,7 @@ def migrations(dialect: Dialect) -> list[str]:
         _FLOW_CONTROL.format(**words),
         _QUEUE_IDS_UNIQUE.format(**words) if dialect.reuses_ids else "",
         _LEASE_OWNERS,
+        _MEMO_ORDER.format(**words),
     ]
 
 

@@ -8,6 +8,7 @@ lock) come from the `Dialect`. Payloads are JSON text in both.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from .dialect import Conn, Dialect
@@ -209,11 +210,13 @@ class SqlTx(QueueSql, Tx):
     # memos, pending ops, history
 
     async def put_memo(self, run_id: str, step: str, memo: Any) -> bool:
-        sql = "INSERT INTO memos VALUES (?,?,?) ON CONFLICT DO NOTHING"
-        return await self.db.count(sql, (run_id, step, dump(memo))) == 1
+        sql = "INSERT INTO memos (run_id, step, memo, seq) VALUES (?,?,?,?) ON CONFLICT DO NOTHING"
+        return await self.db.count(sql, (run_id, step, dump(memo), time.time_ns())) == 1
 
     async def get_memos(self, run_id: str) -> dict[str, Any]:
-        rows = await self.db.rows("SELECT step, memo FROM memos WHERE run_id=?", (run_id,))
+        # In the order they were stored (memos from before `seq` existed first, by step).
+        sql = "SELECT step, memo FROM memos WHERE run_id=? ORDER BY COALESCE(seq, 0), step"
+        rows = await self.db.rows(sql, (run_id,))
         return {r["step"]: json.loads(r["memo"]) for r in rows}
 
     async def add_pending(self, run_id: str, steps: list[str]) -> None:
