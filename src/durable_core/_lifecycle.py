@@ -263,7 +263,7 @@ class StepLifecycle:
         if json_body is not None:
             if body is not None:
                 raise self._invalid(step_id, "step.fetch takes body= or json=, not both")
-            body = json.dumps(self._json(step_id, "json", json_body))
+            body = json.dumps(self._json(step_id, "json", json_body), separators=(",", ":"))
             if not any(k.lower() == "content-type" for k in sent):
                 sent["content-type"] = "application/json"
         if body is not None and not isinstance(body, str):
