@@ -120,7 +120,11 @@ class FakeModel:
         rec, failure = await self._record(request)
         if failure is not None:
             return self._failure(failure)
-        seen = {"method": rec.method, "body": rec.body.decode(), "type": rec.headers.get("content-type")}
+        seen = {
+            "method": rec.method,
+            "body": rec.body.decode(),
+            "type": rec.headers.get("content-type"),
+        }
         return JSONResponse(seen, status_code=201 if rec.method == "POST" else 200)
 
     async def _missing(self, request: Request) -> Response:
