@@ -8,6 +8,7 @@ fails with the statuses queued in `fail` first (one per request). Every request 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import threading
@@ -40,6 +41,7 @@ class FakeModel:
         self.fail: list[int] = []  # statuses to answer first, one per request
         self.retry_after: str | None = None  # sent with a queued 429
         self.big = 0  # bytes of padding in each completion
+        self.hold: threading.Event | None = None  # completions wait until it is set
         self._lock = threading.Lock()
         self.server = UvicornApp(
             Starlette(
@@ -85,6 +87,8 @@ class FakeModel:
         rec, failure = await self._record(request)
         if failure is not None:
             return self._failure(failure)
+        if self.hold is not None:
+            await asyncio.to_thread(self.hold.wait, 30)
         if rec.headers.get("authorization") != f"Bearer {API_KEY}":
             error = {"message": "Incorrect API key provided", "type": "invalid_request_error"}
             return JSONResponse({"error": error}, status_code=401)

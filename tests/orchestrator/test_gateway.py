@@ -5,15 +5,19 @@ mode (both stores), and the ops as other SDKs send them."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from adapters.fastapi import Serve
 from durable_core import (
     Context,
     Durable,
@@ -23,6 +27,9 @@ from durable_core import (
     SyncContext,
     TriggerEvent,
 )
+from durable_core._limits import RunLimits, Usage
+from durable_core.orchestrator import gateway
+from durable_core.orchestrator.gateway import GatewayClient
 
 from .conftest import Harness, StartFactory, UvicornApp, wait_until
 from .fake_model import API_KEY, FakeModel
@@ -178,6 +185,47 @@ def test_an_uncaught_step_failure_fails_the_run(model: FakeModel, embedded: Star
     assert run["status"] == "failed", run
     assert "answered 401" in run["error"]["message"], run
     assert len(model.calls(CHAT)) == 1
+
+
+def test_a_model_call_takes_no_dispatch_slot(model: FakeModel) -> None:
+    """With room for one request at a time, another run goes on while the model thinks."""
+    d = ask_app(model)
+
+    @d.function(id="quick", trigger=TriggerEvent("t/quick"))
+    async def quick(ctx: Context) -> int:
+        return await ctx.step.run("one", lambda: 1) + await ctx.step.run("two", lambda: 2)
+
+    app = FastAPI()
+    serve = Serve(app, d)
+    assert serve.embedded is not None
+    serve.embedded.concurrency = 1
+    model.hold = threading.Event()
+    with TestClient(app) as client:
+        h = Harness(client, d)
+        h.send("t/ask", {"q": "slow"})
+        wait_until("the model to be asked", lambda: model.calls(CHAT))
+        h.send("t/quick")
+        assert h.only_run("quick")["output"] == 3
+        assert h.runs("ask")[0]["status"] == "waiting"
+        model.hold.set()
+        assert h.only_run("ask")["output"]["content"] == "echo: slow"
+
+
+async def test_a_model_that_does_not_answer_in_time_is_a_retriable_error(
+    model: FakeModel,
+) -> None:
+    model.hold = threading.Event()
+    client = GatewayClient(timeout=0.2)
+    try:
+        req = gateway.parse("AIGateway", {"url": model.url + CHAT, "body": chat("late")})
+        assert isinstance(req, gateway.GatewayRequest)
+        outcome = await client.perform(req, RunLimits(), Usage())
+    finally:
+        model.hold.set()
+        await client.aclose()
+    assert outcome.memo is None
+    assert outcome.transient is not None
+    assert "did not answer within 0.2 s" in outcome.transient["message"]
 
 
 # -- step.fetch -----------------------------------------------------------------------------
