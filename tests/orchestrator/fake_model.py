@@ -50,6 +50,7 @@ class FakeModel:
                     Route("/page", self._page, methods=["GET"]),
                     Route("/echo", self._echo, methods=["GET", "POST", "PUT", "DELETE"]),
                     Route("/missing", self._missing, methods=["GET"]),
+                    Route("/empty", self._empty, methods=["DELETE"]),
                 ]
             )
         )
@@ -134,3 +135,7 @@ class FakeModel:
     async def _missing(self, request: Request) -> Response:
         await self._record(request)
         return PlainTextResponse("no such page", status_code=404)
+
+    async def _empty(self, request: Request) -> Response:
+        await self._record(request)
+        return Response(status_code=204)

@@ -4,6 +4,7 @@ mode (both stores), and the ops as other SDKs send them."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 from collections.abc import Callable, Iterator
@@ -264,6 +265,28 @@ def test_fetch_get_and_post_return_the_response(model: FakeModel, embedded: Star
     assert len(model.calls("/page")) == 2
     [post] = model.calls("/echo")
     assert post.headers["x-a"] == "b"
+
+
+def test_parallel_fetches_resume_the_run_once_both_answered(
+    model: FakeModel, embedded: StartFactory
+) -> None:
+    d = Durable("t", dev=True)
+    calls: list[int] = []
+
+    @d.function(id="fetch", trigger=TriggerEvent("t/fetch"))
+    async def fetch(ctx: Context) -> list[Any]:
+        calls.append(1)
+        page, gone = await asyncio.gather(
+            ctx.step.fetch("page", model.url + "/page"),
+            ctx.step.fetch("gone", model.url + "/empty", method="DELETE"),
+        )
+        return [page.text, gone.status_code, gone.body]
+
+    h = embedded(d)
+    h.send("t/fetch")
+    run = finished(h, "fetch")
+    assert run["output"] == ["a page", 204, ""], run
+    assert len(calls) == 2, "the function was called again before both answers were in"
 
 
 def test_fetch_in_a_sync_function(model: FakeModel, embedded: StartFactory) -> None:

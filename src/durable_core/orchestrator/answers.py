@@ -311,7 +311,7 @@ async def _gateway(a: _Answer, op: _Op) -> None:
         return
     await gateway.enqueue(a.unit, a.run.run_id, op.step, req.to_payload(op.name))
     a.waiting.append(op.step)
-    a.reasons.append(f"step {op.name!r}: waiting for {req.method} {req.url[:200]}")
+    a.reasons.append(f"step {op.name!r}: waiting for {req.method} {gateway.where(req.url)[:200]}")
 
 
 async def _discovery_request(a: _Answer, op: _Op) -> None:

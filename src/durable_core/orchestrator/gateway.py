@@ -19,6 +19,7 @@ A step that fails gets `{"error": {"name", "message"}}`, which the SDK raises in
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import urllib.parse
@@ -44,6 +45,18 @@ _BEARER = ("authorization", "Bearer {}")
 #: Request headers the client sets itself.
 _DROPPED = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 _EXCERPT = 500  # characters of an error answer quoted in the step's error
+#: Statuses whose answers have no body (`fetch` refuses to build a `Response` with one).
+_NO_BODY = frozenset({101, 103, 204, 205, 304})
+
+
+def where(url: str) -> str:
+    """A URL as messages and reasons show it: without its query or credentials, where keys
+    travel (Gemini's `?key=`)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _error(message: str) -> dict[str, Any]:
@@ -157,12 +170,15 @@ class GatewayClient:
         self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=True)
 
     async def perform(self, req: GatewayRequest, limits: RunLimits, usage: Usage) -> Outcome:
-        what = f"{req.method} {req.url}"
+        what = f"{req.method} {where(req.url)}"
         content = req.body.encode() if req.body is not None else None
         try:
-            async with self._client.stream(
-                req.method, req.url, headers=req.headers, content=content
-            ) as res:
+            async with (
+                asyncio.timeout(self.timeout),  # the whole exchange, not each read
+                self._client.stream(
+                    req.method, req.url, headers=req.headers, content=content
+                ) as res,
+            ):
                 raw = await _read(res, limits.step_output)
                 status, url = res.status_code, str(res.url)
                 headers = {k.lower(): v for k, v in res.headers.items()}
@@ -170,7 +186,7 @@ class GatewayClient:
             err = limits.output_too_large(f"the answer to {what}", limits.step_output + 1)
             assert err is not None
             return Outcome(memo={"error": _limit_error(err)})
-        except httpx.TimeoutException:
+        except (TimeoutError, httpx.TimeoutException):
             return Outcome(transient=_error(f"{what} did not answer within {self.timeout:g} s"))
         except httpx.HTTPError as err:
             return Outcome(transient=_error(f"{what} failed: {type(err).__name__}: {err}"))
@@ -179,7 +195,8 @@ class GatewayClient:
             message = f"{what} answered {status}: {text[:_EXCERPT]}"
             return Outcome(transient=_error(message), retry_after=headers.get(Header.RETRY_AFTER))
         if not req.ai:
-            data: Any = {"url": url, "status_code": status, "headers": headers, "body": text}
+            body = None if status in _NO_BODY else text
+            data: Any = {"url": url, "status_code": status, "headers": headers, "body": body}
         elif not 200 <= status < 300:
             return Outcome(memo={"error": _error(f"{what} answered {status}: {text[:_EXCERPT]}")})
         else:
