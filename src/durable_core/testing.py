@@ -246,7 +246,12 @@ class _Run:
         elif kind == Opcode.INVOKE:
             return self._invoke(op, uid, opts)
         elif kind in (Opcode.AI_GATEWAY, Opcode.GATEWAY):
-            stub = self._required(self.stubs.responses, op, "responses", f"requests {opts['url']}")
+            found, stub = _lookup(self.stubs.responses, op)
+            if not found or stub is None:
+                raise HarnessError(
+                    f"step {uid!r} requests {opts.get('url')} but no answer was given: pass "
+                    f"responses={{{uid!r}: ...}} (the model's JSON, a FetchResponse, or an error)"
+                )
             memo = _stub_memo(stub, f"the stub of step {uid!r}")
             self._memo(op, memo, memo.get("data"), memo.get("error"), stubbed=True)
         else:

@@ -22,11 +22,11 @@ from adapters.fastapi import Serve
 from durable_core import (
     Context,
     Durable,
-    FetchResponse,
     Limits,
     StepError,
     SyncContext,
     TriggerEvent,
+    WorkflowContext,
 )
 from durable_core._limits import RunLimits, Usage
 from durable_core.orchestrator import gateway
@@ -303,6 +303,25 @@ def test_fetch_in_a_sync_function(model: FakeModel, embedded: StartFactory) -> N
     assert run["output"] == [200, "PUT", "plain"], run
 
 
+def test_a_route_workflow_fetches_and_asks_the_model(model: FakeModel) -> None:
+    d = Durable("t", dev=True)
+    app = FastAPI()
+    serve = Serve(app, d)
+
+    @serve.post("/wf")
+    async def wf(context: WorkflowContext[dict[str, Any]]) -> list[Any]:
+        page = await context.fetch("page", model.url + "/page")
+        url = model.url + CHAT
+        answer = await context.infer("ask", url=url, auth_key=API_KEY, body=chat(page.text))
+        return [page.status_code, answer["choices"][0]["message"]["content"]]
+
+    with TestClient(app) as client:
+        res = client.post("/wf", json={})
+        assert res.status_code == 200, res.text
+        run = Harness(client, d).finish(res.json()["workflowRunId"])
+    assert run["output"] == [200, "echo: a page"], run
+
+
 def test_a_fetch_of_a_url_that_cannot_work_fails_the_run_at_once(embedded: StartFactory) -> None:
     d = Durable("t", dev=True)
 
@@ -316,23 +335,6 @@ def test_a_fetch_of_a_url_that_cannot_work_fails_the_run_at_once(embedded: Start
     assert run["status"] == "failed", run
     assert run["error"]["name"] == "InvalidStepError"
     assert "ftp://example.com/file" in run["error"]["message"]
-
-
-def test_fetch_responses_in_the_test_harness() -> None:
-    from durable_core.testing import run_sync
-
-    d = Durable("t", dev=True)
-
-    @d.function(id="f", trigger=TriggerEvent("t/f"))
-    def f(ctx: SyncContext) -> list[Any]:
-        page = ctx.step.fetch("page", "https://example.com/")
-        answer = ctx.step.ai.infer("ask", url="https://api.example.com/v1/chat", body=chat("q"))
-        return [page.status_code, page.text, answer["ok"]]
-
-    stub = FetchResponse(url="https://example.com/", status_code=200, body="hello")
-    result = run_sync(f, responses={"page": stub, "ask": {"ok": True}})
-    assert result.status == "completed"
-    assert result.output == [200, "hello", True]
 
 
 # -- the ops as other SDKs send them ----------------------------------------------------------
