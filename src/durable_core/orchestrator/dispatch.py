@@ -146,7 +146,10 @@ class Dispatcher:
 
     async def _dispatch(self) -> None:
         while not self.stopping:
-            free = self.limits.concurrency - len(self._inflight) - self._reserved
+            # Gateway requests take no slot, but those waiting for one of theirs do: claimed
+            # work stays bounded when many model calls are due at once.
+            backlog = max(0, len(self._gateway_tasks) - self.limits.gateway_concurrency)
+            free = self.limits.concurrency - len(self._inflight) - self._reserved - backlog
             nxt: int | None = None
             if free > 0:
                 items: list[QueueItem] = []
