@@ -440,3 +440,29 @@ def test_a_discovery_request_calls_the_app_again(embedded: StartFactory) -> None
     run = run_other(embedded(Durable("t", dev=True)), other_sdk(first))
     assert run["status"] == "completed", run
     assert run["output"] == {"calls": 2}
+
+
+def test_a_discovery_request_for_a_planned_step_asks_for_that_step_again(
+    embedded: StartFactory,
+) -> None:
+    asked: list[str] = []
+
+    async def serve(request: Request) -> JSONResponse:
+        body = await request.json()
+        target = request.query_params.get("stepId")
+        asked.append(str(target))
+        if STEP in (body.get("steps") or {}):
+            return JSONResponse({"memo": body["steps"][STEP], "asked": asked})
+        if target != STEP:
+            planned = {"op": "StepPlanned", "id": STEP, "name": "step", "displayName": "step"}
+            return JSONResponse([planned], status_code=206)
+        if asked.count(STEP) == 1:
+            return JSONResponse([{"op": "DiscoveryRequest", "id": "d1"}], status_code=206)
+        ran = {"op": "StepRun", "id": STEP, "name": "step", "displayName": "step", "data": 7}
+        return JSONResponse([ran], status_code=206)
+
+    app = Starlette(routes=[Route("/api/inngest", serve, methods=["POST"])])
+    run = run_other(embedded(Durable("t", dev=True)), app)
+    assert run["status"] == "completed", run
+    assert run["output"]["memo"] == {"data": 7}
+    assert run["output"]["asked"] == ["step", STEP, STEP, "step"]
