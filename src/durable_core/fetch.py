@@ -14,16 +14,6 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Final
 
-#: The model formats whose auth header the orchestrator knows; another format gets
-#: `Authorization: Bearer <auth_key>`, as OpenAI-compatible servers expect.
-AI_FORMATS: Final = (
-    "openai-chat",
-    "openai-responses",
-    "anthropic",
-    "gemini",
-    "grok",
-    "azure-openai",
-)
 METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
@@ -85,4 +75,4 @@ def headers_problem(headers: object) -> str | None:
     return None
 
 
-__all__ = ["AI_FORMATS", "METHODS", "FetchResponse", "headers_problem", "url_problem"]
+__all__ = ["METHODS", "FetchResponse", "headers_problem", "url_problem"]

@@ -23,18 +23,19 @@ import asyncio
 import dataclasses
 import json
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
 from .._limits import Budget, RunLimits, Usage
 from ..errors import LimitExceededError, RunErrorName, run_error
+from ..fetch import METHODS, headers_problem, url_problem
 from ..protocol import Header, Opcode
 from . import lifecycle
 from .store import ItemKind, QueueItem, now_ms
 from .unit import Unit
 
-METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 #: Where each model format takes the auth key (a header already set by the caller wins).
 AUTH_HEADERS: dict[str, tuple[str, str]] = {
     "anthropic": ("x-api-key", "{}"),
@@ -87,32 +88,21 @@ class GatewayRequest:
         )
 
 
-def _headers(value: object, what: str) -> dict[str, str] | str:
-    if value is None:
+def _headers(value: object) -> dict[str, str] | str:
+    problem = headers_problem(value)
+    if problem is not None:
+        return f"opts.{problem[:300]}"
+    if not isinstance(value, Mapping):  # None: no headers
         return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        return f"{what} must be an object of strings, not {str(value)[:200]}"
-    return {k.lower(): v for k, v in value.items() if k.lower() not in _DROPPED}
-
-
-def _url(value: object) -> str | None:
-    """What is wrong with a URL to call (None if nothing)."""
-    if not isinstance(value, str) or not value:
-        return f"opts.url must be a URL, not {str(value)[:200]!r}"
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"opts.url {value[:200]!r} is not an http(s) URL"
-    return None
+    return {str(k).lower(): str(v) for k, v in value.items() if str(k).lower() not in _DROPPED}
 
 
 def parse(kind: str, opts: dict[str, Any]) -> GatewayRequest | str:
     """The request an `AIGateway` or `Gateway` op asks for, or what is wrong with its opts."""
-    problem = _url(opts.get("url"))
+    problem = url_problem(opts.get("url"))
     if problem is not None:
-        return problem
-    headers = _headers(opts.get("headers"), "opts.headers")
+        return f"opts.{problem[:300]}"
+    headers = _headers(opts.get("headers"))
     if isinstance(headers, str):
         return headers
     if kind == Opcode.AI_GATEWAY:
@@ -129,7 +119,7 @@ def parse(kind: str, opts: dict[str, Any]) -> GatewayRequest | str:
         return GatewayRequest(True, str(opts["url"]), "POST", headers, payload)
     method = opts.get("method") or "GET"
     if not isinstance(method, str) or method.upper() not in METHODS:
-        return f"opts.method must be one of {', '.join(sorted(METHODS))}, not {method!r}"
+        return f"opts.method must be one of {', '.join(METHODS)}, not {str(method)[:50]!r}"
     raw = opts.get("body")
     body: str | None = raw if raw is None or isinstance(raw, str) else json.dumps(raw)
     return GatewayRequest(False, str(opts["url"]), method.upper(), headers, body)
