@@ -1096,3 +1096,64 @@ async def test_send_event_is_a_step(app: Durable, flavour: str) -> None:
     wire = await call(fn, {sha1("notify"): {"data": ["id-1-0"]}}, sent=sent)
     assert wire.body == ["id-1-0"]
     assert len(sent.batches) == 1
+
+
+# -- step.ai.infer and step.fetch ------------------------------------------------------------------
+
+
+async def test_ai_infer_and_fetch_answer_with_the_ops_other_sdks_send(app: Durable) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+    @app.function(id="f", trigger=TriggerEvent("shop/order"))
+    async def f(ctx: Context) -> list[Any]:
+        answer = await ctx.step.ai.infer(
+            "ask", url="https://api.example.com/v1/chat/completions", body=body, auth_key="k"
+        )
+        page = await ctx.step.fetch("page", "https://example.com/a", method="post", body="x")
+        return [answer["ok"], page.status_code, page.text, page.ok]
+
+    ask = only_op(await call(f))
+    assert ask["op"] == "AIGateway" and ask["id"] == sha1("ask"), ask
+    assert ask["opts"] == {
+        "type": "step.ai.infer",
+        "url": "https://api.example.com/v1/chat/completions",
+        "headers": {},
+        "auth_key": "k",
+        "format": "openai-chat",
+        "body": body,
+    }
+    steps: dict[str, Any] = {sha1("ask"): {"data": {"ok": True}}}
+    fetch = only_op(await call(f, steps))
+    assert fetch["op"] == "Gateway", fetch
+    assert fetch["opts"] == {
+        "url": "https://example.com/a", "method": "POST", "headers": {}, "body": "x"
+    }  # fmt: skip
+    page = {"url": "https://example.com/a", "status_code": 404, "headers": {}, "body": "no"}
+    steps[sha1("page")] = {"data": page}
+    wire = await call(f, steps)
+    assert wire.status == 200, wire
+    assert wire.body == [True, 404, "no", False]
+    steps[sha1("page")] = {"error": {"name": "GatewayError", "message": "gave up"}}
+    wire = await call(f, steps)
+    assert wire.status == 500 and wire.body["message"] == "gave up", wire.body
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"url": "ftp://x/y"}, "not an http"),
+        ({"url": "https://x/y", "method": "BREW"}, "method must be one of"),
+        ({"url": "https://x/y", "headers": {"a": 1}}, "headers must map strings"),
+        ({"url": "https://x/y", "body": "a", "json": {"b": 1}}, "body= or json="),
+    ],
+)
+async def test_a_fetch_that_cannot_work_fails_the_run_at_once(
+    app: Durable, kwargs: dict[str, Any], problem: str
+) -> None:
+    @app.function(id="f", trigger=TriggerEvent("shop/order"))
+    async def f(ctx: Context) -> Any:
+        url = kwargs.pop("url")
+        return await ctx.step.fetch("page", url, **kwargs)
+
+    error = assert_fails_for_good(await call(f), "InvalidStepError")
+    assert problem in error["message"], error

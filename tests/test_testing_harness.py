@@ -15,6 +15,7 @@ from durable_core import (
     Context,
     Durable,
     Event,
+    FetchResponse,
     NonRetriableError,
     RetryAfterError,
     Signal,
@@ -703,3 +704,39 @@ async def test_async_non_retriable_step_error_caught_by_the_function_still_fails
     assert result.status == "failed"
     assert result.error is not None
     assert result.error["message"] == "nope"
+
+
+# -- step.fetch and step.ai.infer ---------------------------------------------------------------
+
+
+def test_fetch_and_ai_infer_take_their_answers_from_responses() -> None:
+    d = Durable("t", dev=True)
+
+    @d.function(id="f", trigger=TriggerEvent("t/f"))
+    def f(ctx: SyncContext) -> list[Any]:
+        page = ctx.step.fetch("page", "https://example.com/")
+        body = {"model": "m", "messages": []}
+        answer = ctx.step.ai.infer("ask", url="https://api.example.com/v1/chat", body=body)
+        try:
+            ctx.step.fetch("down", "https://example.com/down")
+        except StepError as err:
+            return [page.status_code, page.text, answer["ok"], err.message]
+        return []
+
+    stub = FetchResponse(url="https://example.com/", status_code=200, body="hello")
+    down = RuntimeError("unreachable")
+    result = run_sync(f, responses={"page": stub, "ask": {"ok": True}, "down": down})
+    assert result.status == "completed", result
+    assert result.output == [200, "hello", True, "unreachable"]
+    assert [s.op for s in result.steps] == ["Gateway", "AIGateway", "Gateway"]
+
+
+async def test_a_fetch_without_a_response_stub_names_the_argument() -> None:
+    d = Durable("t", dev=True)
+
+    @d.function(id="f", trigger=TriggerEvent("t/f"))
+    async def f(ctx: Context) -> Any:
+        return await ctx.step.fetch("page", "https://example.com/")
+
+    with pytest.raises(HarnessError, match=r"responses=\{'page': \.\.\.\}"):
+        await run(f)

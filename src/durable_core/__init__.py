@@ -23,6 +23,7 @@ from .errors import (
     StepError,
 )
 from .events import Event, Signal
+from .fetch import FetchResponse
 from .function import Function
 from .messages import Request, Response
 from .options import (
@@ -53,6 +54,7 @@ __all__ = [
     "Durable",
     "DurableError",
     "Event",
+    "FetchResponse",
     "Function",
     "FunctionNotFoundError",
     "InvalidStepError",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import datetime as _dt
+import json
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -31,6 +32,7 @@ from .errors import (
     RetryAfterError,
 )
 from .events import Event, Events, Signal, as_events
+from .fetch import METHODS, FetchResponse, headers_problem, url_problem
 from .function import Function
 from .orchestrator import expressions
 from .protocol import Opcode
@@ -212,6 +214,63 @@ class StepLifecycle:
         }
         return self._declare(step_id, Opcode.INVOKE, step_id, opts)
 
+    def _json(self, step_id: str, what: str, value: object) -> object:
+        try:
+            return _serialize.to_json_value(value, what=f"step {step_id!r}")
+        except DurableError as err:
+            raise self._invalid(step_id, f"{what} cannot be sent as JSON: {err}") from None
+
+    def _ai_infer(
+        self,
+        step_id: str,
+        url: str,
+        body: object,
+        auth_key: str | None,
+        format: str,
+        headers: dict[str, str] | None,
+    ) -> StepInfo:
+        for problem in (url_problem(url), headers_problem(headers)):
+            if problem is not None:
+                raise self._invalid(step_id, f"step.ai.infer {problem}")
+        if auth_key is not None and not isinstance(auth_key, str):
+            raise self._invalid(step_id, f"auth_key must be a string, not {type(auth_key)}")
+        self._name(step_id, "format", format)
+        opts = {
+            "type": "step.ai.infer",
+            "url": url,
+            "headers": dict(headers or {}),
+            "auth_key": auth_key or "",
+            "format": format,
+            "body": self._json(step_id, "the body", body),
+        }
+        return self._declare(step_id, Opcode.AI_GATEWAY, step_id, opts)
+
+    def _fetch(
+        self,
+        step_id: str,
+        url: str,
+        method: str,
+        headers: dict[str, str] | None,
+        body: str | None,
+        json_body: object,
+    ) -> StepInfo:
+        for problem in (url_problem(url), headers_problem(headers)):
+            if problem is not None:
+                raise self._invalid(step_id, f"step.fetch {problem}")
+        if not isinstance(method, str) or method.upper() not in METHODS:
+            raise self._invalid(step_id, f"method must be one of {', '.join(METHODS)}")
+        sent = dict(headers or {})
+        if json_body is not None:
+            if body is not None:
+                raise self._invalid(step_id, "step.fetch takes body= or json=, not both")
+            body = json.dumps(self._json(step_id, "json", json_body), separators=(",", ":"))
+            if not any(k.lower() == "content-type" for k in sent):
+                sent["content-type"] = "application/json"
+        if body is not None and not isinstance(body, str):
+            raise self._invalid(step_id, f"body must be a string, not {type(body).__name__}")
+        opts = {"url": url, "method": method.upper(), "headers": sent, "body": body}
+        return self._declare(step_id, Opcode.GATEWAY, step_id, opts)
+
     def _events(self, step_id: str, events: Events) -> list[Event]:
         try:
             return as_events(events)
@@ -270,6 +329,18 @@ class StepLifecycle:
         if memo.error is not None:  # SignalConflict: another run holds the name
             raise memo.error
         return None if memo.data is None else Signal.model_validate(memo.data)
+
+    @staticmethod
+    def _restore_fetch(memo: Memo) -> FetchResponse:
+        if memo.error is not None:  # retries ran out, or the request could not be made
+            raise memo.error
+        return FetchResponse.from_json(memo.data)
+
+    @staticmethod
+    def _restore_ai(memo: Memo) -> Any:
+        if memo.error is not None:  # the model refused the request, or retries ran out
+            raise memo.error
+        return memo.data
 
     @staticmethod
     def _invoke_type(function: Function[Any] | str) -> Any:

@@ -1,5 +1,5 @@
 """The step API: `ctx.step.run`, `sleep`, `sleep_until`, `wait_for_event`, `wait_for_signal`,
-`send_event`, `invoke` and `parallel`.
+`send_event`, `invoke`, `fetch`, `ai.infer` and `parallel`.
 
 `Step` (async) and `SyncStep` share the step lifecycle of `_lifecycle.py`; they differ only
 in how they call the handler and how they wait for their turn (see `_drive`).
@@ -26,6 +26,7 @@ from ._lifecycle import (
 )
 from .errors import NonRetriableError
 from .events import Event, Events, Signal
+from .fetch import FetchResponse
 from .function import Function
 from .types import AsyncSender, SyncSender
 
@@ -58,6 +59,7 @@ class Step(StepLifecycle):
         self._runner = runner
         self._sender = sender
         self._checkpoint = checkpoint
+        self.ai = AI(self)
 
     async def _drive(
         self, info: StepInfo, handler: Callable[..., Any] | None = None, args: tuple[Any, ...] = ()
@@ -146,6 +148,21 @@ class Step(StepLifecycle):
         info = self._invoke(step_id, function, data, timeout)
         return cast(T, self._restore(await self._drive(info), self._invoke_type(function), info))
 
+    async def fetch(
+        self,
+        step_id: str,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        body: str | None = None,
+        json: Any = None,
+    ) -> FetchResponse:
+        """Make an HTTP request through the orchestrator, without holding a worker while it
+        runs; a 5xx, 429 or network error is retried like a failed step."""
+        info = self._fetch(step_id, url, method, headers, body, json)
+        return self._restore_fetch(await self._drive(info))
+
     def send_event(self, step_id: str, events: Events) -> Awaitable[list[str]]:
         """Send events (once, as a step); returns their ids."""
         batch = self._events(step_id, events)
@@ -175,6 +192,7 @@ class SyncStep(StepLifecycle):
         super().__init__(replay, app_id)
         self._sender = sender
         self._checkpoint = checkpoint
+        self.ai = SyncAI(self)
 
     def _drive(
         self, info: StepInfo, handler: Callable[..., Any] | None = None, args: tuple[Any, ...] = ()
@@ -259,6 +277,19 @@ class SyncStep(StepLifecycle):
         info = self._invoke(step_id, function, data, timeout)
         return cast(T, self._restore(self._drive(info), self._invoke_type(function), info))
 
+    def fetch(
+        self,
+        step_id: str,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        body: str | None = None,
+        json: Any = None,
+    ) -> FetchResponse:
+        info = self._fetch(step_id, url, method, headers, body, json)
+        return self._restore_fetch(self._drive(info))
+
     def send_event(self, step_id: str, events: Events) -> list[str]:
         batch = self._events(step_id, events)
         return self.run(step_id, functools.partial(self._sender, batch), output_type=list[str])
@@ -282,4 +313,59 @@ class SyncStep(StepLifecycle):
         return tuple(results)
 
 
-__all__ = ["Checkpoints", "Runner", "Step", "StopRequest", "SyncCheckpoints", "SyncStep"]
+class AI:
+    """`ctx.step.ai`: model calls the orchestrator makes while the run holds no worker."""
+
+    def __init__(self, step: Step) -> None:
+        self._step = step
+
+    async def infer(
+        self,
+        step_id: str,
+        *,
+        url: str,
+        body: dict[str, Any],
+        auth_key: str | None = None,
+        format: str = "openai-chat",
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """POST `body` to the model at `url` (e.g. `https://api.openai.com/v1/chat/completions`)
+        and return its JSON answer, stored like a step's result. `auth_key` goes where
+        `format` says (`Authorization: Bearer` for OpenAI-compatible servers). A 4xx other
+        than 429 fails the step; a 429, a 5xx or a network error is retried."""
+        step = self._step
+        info = step._ai_infer(step_id, url, body, auth_key, format, headers)
+        return cast(dict[str, Any], step._restore_ai(await step._drive(info)))
+
+
+class SyncAI:
+    """`ctx.step.ai` for sync functions."""
+
+    def __init__(self, step: SyncStep) -> None:
+        self._step = step
+
+    def infer(
+        self,
+        step_id: str,
+        *,
+        url: str,
+        body: dict[str, Any],
+        auth_key: str | None = None,
+        format: str = "openai-chat",
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        step = self._step
+        info = step._ai_infer(step_id, url, body, auth_key, format, headers)
+        return cast(dict[str, Any], step._restore_ai(step._drive(info)))
+
+
+__all__ = [
+    "AI",
+    "Checkpoints",
+    "Runner",
+    "Step",
+    "StopRequest",
+    "SyncAI",
+    "SyncCheckpoints",
+    "SyncStep",
+]

@@ -207,6 +207,8 @@ class RunErrorName(enum.StrEnum):
     INVALID_FUNCTION = "InvalidFunctionConfig"
     REQUEST_TIMEOUT = "RequestTimeout"
     LIMIT_EXCEEDED = "LimitExceededError"  # the name the SDK's `LimitExceededError` reports too
+    GATEWAY_ERROR = "GatewayError"  # a request made for `step.ai.infer` or `step.fetch` failed
+    STEP_NOT_FOUND = "StepNotFound"
 
 
 def run_error(name: RunErrorName, message: str) -> dict[str, Any]:

@@ -24,6 +24,12 @@ class Opcode(enum.StrEnum):
     WAIT_FOR_SIGNAL = "WaitForSignal"
     INVOKE = "InvokeFunction"
     RUN_COMPLETE = "RunComplete"
+    AI_GATEWAY = "AIGateway"  # `step.ai.infer`: the orchestrator calls the model
+    GATEWAY = "Gateway"  # `step.fetch`: the orchestrator makes the HTTP request
+    STEP_NOT_FOUND = "StepNotFound"  # the app could not find the step it was asked to run
+    DISCOVERY_REQUEST = "DiscoveryRequest"  # the app asks to be called again
+    DEFER_ADD = "DeferAdd"  # TypeScript `defer()` (experimental there)
+    DEFER_ABORT = "DeferAbort"
 
 
 class Header:

@@ -22,6 +22,7 @@ from .client import Client
 from .context import Context, SyncContext
 from .errors import DurableError, NonRetriableError
 from .events import Event
+from .fetch import FetchResponse
 from .function import Function
 from .messages import Request, Response, json_response
 
@@ -128,6 +129,24 @@ class WorkflowContext(_Base[P]):
 
         return await self.ctx.step.run(step_name, go, output_type=CallResponse)
 
+    async def fetch(
+        self, step_name: str, url: str, *, method: str = "GET",
+        headers: dict[str, str] | None = None, body: str | None = None, json: Any = None,
+    ) -> FetchResponse:  # fmt: skip
+        """`ctx.step.fetch`: the orchestrator makes the request; the workflow holds no worker."""
+        return await self.ctx.step.fetch(
+            step_name, url, method=method, headers=headers, body=body, json=json
+        )
+
+    async def infer(
+        self, step_name: str, *, url: str, body: dict[str, Any], auth_key: str | None = None,
+        format: str = "openai-chat", headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """`ctx.step.ai.infer`: a model call made by the orchestrator."""
+        return await self.ctx.step.ai.infer(
+            step_name, url=url, body=body, auth_key=auth_key, format=format, headers=headers
+        )
+
 
 class SyncWorkflowContext(_Base[P]):
     """The context of a sync route workflow: steps return their values directly."""
@@ -166,6 +185,22 @@ class SyncWorkflowContext(_Base[P]):
             return _check(_decode(res), url)
 
         return self.ctx.step.run(step_name, go, output_type=CallResponse)
+
+    def fetch(
+        self, step_name: str, url: str, *, method: str = "GET",
+        headers: dict[str, str] | None = None, body: str | None = None, json: Any = None,
+    ) -> FetchResponse:  # fmt: skip
+        return self.ctx.step.fetch(
+            step_name, url, method=method, headers=headers, body=body, json=json
+        )
+
+    def infer(
+        self, step_name: str, *, url: str, body: dict[str, Any], auth_key: str | None = None,
+        format: str = "openai-chat", headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        return self.ctx.step.ai.infer(
+            step_name, url=url, body=body, auth_key=auth_key, format=format, headers=headers
+        )
 
 
 def workflow_id(path: str) -> str:

@@ -18,8 +18,9 @@ and retry failures at once. Example, in a pytest test::
         assert [e.name for e in result.sent_events] == ["shop/order.confirmed"]
 
 Stubs are keyed by step id (or `"<id>:<n>"` for the n+1-th use of a reused id). A value of None
-in `waits` or `signals` means the wait timed out. A step or invoke stub may be an exception
-instance: the step then fails for good and the function sees a `StepError`. Invoked functions
+in `waits` or `signals` means the wait timed out. `responses` answers `step.ai.infer` (the
+model's JSON) and `step.fetch` (a `FetchResponse`). A step, invoke or response stub may be an
+exception instance: the step then fails for good and the function sees a `StepError`. Invoked functions
 of the same app run as children with the same stubs; an `on_failure` handler runs when the
 function fails for good (its result is `RunResult.on_failure`).
 """
@@ -99,6 +100,7 @@ class _Stubs:
     signals: Stubs
     invokes: Stubs
     steps: Stubs
+    responses: Stubs
 
 
 def _lookup(table: Stubs, op: dict[str, Any]) -> tuple[bool, Any]:
@@ -243,6 +245,15 @@ class _Run:
             self._memo(op, delivered, delivered)
         elif kind == Opcode.INVOKE:
             return self._invoke(op, uid, opts)
+        elif kind in (Opcode.AI_GATEWAY, Opcode.GATEWAY):
+            found, stub = _lookup(self.stubs.responses, op)
+            if not found or stub is None:
+                raise HarnessError(
+                    f"step {uid!r} requests {opts.get('url')} but no answer was given: pass "
+                    f"responses={{{uid!r}: ...}} (the model's JSON, a FetchResponse, or an error)"
+                )
+            memo = _stub_memo(stub, f"the stub of step {uid!r}")
+            self._memo(op, memo, memo.get("data"), memo.get("error"), stubbed=True)
         else:
             raise HarnessError(f"step {uid!r} reported an unknown opcode {kind!r}")
         return None
@@ -351,6 +362,7 @@ class RunOptions(TypedDict, total=False):
     signals: Stubs | None
     invokes: Stubs | None
     steps: Stubs | None
+    responses: Stubs | None
     max_requests: int
     run_id: str
 
@@ -368,6 +380,7 @@ def _start(fn: Function[Any], options: RunOptions) -> _Run:
         options.get("signals") or {},
         options.get("invokes") or {},
         options.get("steps") or {},
+        options.get("responses") or {},
     )
     max_requests = options.get("max_requests", 1000)
     return _Run(fn, fn.handler, ev, options.get("run_id", "test-run"), stubs, max_requests)

@@ -20,7 +20,7 @@ from typing import Any
 from .._limits import RunLimits, Usage
 from ..errors import RunErrorName, run_error
 from ..protocol import Header, Opcode, SystemEvent
-from . import expressions, lifecycle, limits
+from . import expressions, gateway, lifecycle, limits
 from .flow_options import duration_ms
 from .ids import new_id
 from .store import HistoryRecord, ItemKind, QueueItem, RunRecord, RunStatus, WaitRecord, now_ms
@@ -175,6 +175,7 @@ class _Answer:
     # resolved after the whole batch is pending, so fan-in counts every op.
     immediate: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
     failed: bool = False
+    again: bool = False  # the app asked to be called again (`DiscoveryRequest`)
 
     async def history(self, step: str, name: str, kind: str) -> None:
         rec = HistoryRecord(self.run.run_id, step, name, kind, 0, self.now, None)
@@ -191,7 +192,8 @@ class _Op:
         self.raw = raw
         self.kind, self.step = str(raw.get("op")), str(raw.get("id"))
         self.name = str(raw.get("displayName") or raw.get("name") or self.step)
-        self.opts: dict[str, Any] = raw.get("opts") or {}
+        opts = raw.get("opts")
+        self.opts: dict[str, Any] = opts if isinstance(opts, dict) else {}
 
 
 async def _step_ran(a: _Answer, op: _Op) -> None:
@@ -312,17 +314,57 @@ async def _run_complete(a: _Answer, op: _Op) -> None:
     a.failed = True  # the run has ended: no op after this one applies
 
 
-async def _unsupported(a: _Answer, op: _Op) -> None:
+async def _gateway(a: _Answer, op: _Op) -> None:
+    """AIGateway and Gateway: the orchestrator makes the request (`gateway.py`), not the app."""
+    await a.history(op.step, op.name, op.kind)
+    req = gateway.parse(op.kind, op.opts)
+    if isinstance(req, str):  # no attempt can work: the step fails at once
+        err = run_error(RunErrorName.GATEWAY_ERROR, f"step {op.name!r}: {req}")
+        a.immediate.append((op.step, {"error": err}))
+        return
+    await gateway.enqueue(a.unit, a.run.run_id, op.step, req.to_payload(op.name))
+    a.waiting.append(op.step)
+    a.reasons.append(f"step {op.name!r}: waiting for {req.method} {gateway.where(req.url)[:200]}")
+
+
+async def _discovery_request(a: _Answer, op: _Op) -> None:
+    a.again = True
+
+
+async def _fail_run(a: _Answer, op: _Op, name: RunErrorName, message: str) -> None:
+    """An op no retry can help: the run fails, saying why."""
     rec = HistoryRecord(
         a.run.run_id, op.step, op.name, op.kind, a.item.attempt, a.started, a.now,
-        None, {"message": f"unknown opcode {op.kind!r}"},
+        None, {"message": message},
     )  # fmt: skip
     await a.unit.tx.add_history(rec)
-    message = f"the SDK sent opcode {op.kind!r}, which this orchestrator does not support"
-    await lifecycle.finish(
-        a.unit, a.run, RunStatus.FAILED, error=run_error(RunErrorName.UNSUPPORTED_OPCODE, message)
-    )
+    error = run_error(name, message)
+    await lifecycle.finish(a.unit, a.run, RunStatus.FAILED, error=error)
     a.failed = True
+
+
+async def _step_not_found(a: _Answer, op: _Op) -> None:
+    target = a.item.step or op.step
+    message = (
+        f"the app could not find step {target!r}, which it was asked to run: the function no "
+        "longer reaches it (renamed or removed while this run was in flight?). Rerun the run "
+        "with the current code"
+    )
+    await _fail_run(a, op, RunErrorName.STEP_NOT_FOUND, message)
+
+
+async def _defer(a: _Answer, op: _Op) -> None:
+    message = (
+        f"the SDK sent opcode {op.kind!r} (TypeScript `defer()`, step {op.name!r}), which this "
+        "orchestrator does not support: deferred functions are not scheduled here; call "
+        "step.invoke or step.sendEvent instead"
+    )
+    await _fail_run(a, op, RunErrorName.UNSUPPORTED_OPCODE, message)
+
+
+async def _unsupported(a: _Answer, op: _Op) -> None:
+    message = f"the SDK sent opcode {op.kind!r}, which this orchestrator does not support"
+    await _fail_run(a, op, RunErrorName.UNSUPPORTED_OPCODE, message)
 
 
 Handler = Callable[[_Answer, _Op], Awaitable[None]]
@@ -337,6 +379,12 @@ HANDLERS: dict[str, Handler] = {
     Opcode.WAIT_FOR_SIGNAL: _wait_for_signal,
     Opcode.INVOKE: _invoke,
     Opcode.RUN_COMPLETE: _run_complete,
+    Opcode.AI_GATEWAY: _gateway,
+    Opcode.GATEWAY: _gateway,
+    Opcode.DISCOVERY_REQUEST: _discovery_request,
+    Opcode.STEP_NOT_FOUND: _step_not_found,
+    Opcode.DEFER_ADD: _defer,
+    Opcode.DEFER_ABORT: _defer,
 }
 
 
@@ -374,7 +422,20 @@ async def _apply_ops(a: _Answer, ops: list[dict[str, Any]]) -> None:
         if a.failed:
             return
     kinds = {str(raw.get("op")) for raw in ops}
+    if a.again and a.item.kind is ItemKind.STEP and a.item.step not in {o.get("id") for o in ops}:
+        # A step request the app did not answer for its step: ask again (a discovery request
+        # is queued anyway when nothing is pending, by `_settle`).
+        await _retry_same(a)
     await _settle(a, planned=Opcode.STEP_PLANNED in kinds, retried=Opcode.STEP_ERROR in kinds)
+
+
+async def _retry_same(a: _Answer) -> None:
+    flow = lifecycle.run_flow(a.unit, a.run)
+    item = a.item
+    await a.unit.tx.enqueue(
+        a.run.run_id, item.kind, step=item.step, attempt=item.attempt, payload=item.payload,
+        flow=flow,
+    )  # fmt: skip
 
 
 async def _settle(a: _Answer, planned: bool, retried: bool) -> None:

@@ -22,8 +22,9 @@ from .._limits import Budget, RunLimits, Usage
 from .._steps import Checkpoints
 from ..errors import RunErrorName, run_error
 from ..protocol import execution_request
-from . import answers, claiming, intake, lifecycle, limits, timers
+from . import answers, claiming, gateway, intake, lifecycle, limits, timers
 from .checkpoints import StepBuffer
+from .gateway import GatewayClient, GatewayRequest
 from .registry import Registry
 from .store import FunctionRecord, ItemKind, QueueItem, RunRecord, Store, Tx, now_ms
 from .transport import Call, CallResult, HttpTransport, InProcessTransport
@@ -44,6 +45,8 @@ class Limits:
     #: What a run may store, unless its function says otherwise.
     run: RunLimits = dataclasses.field(default_factory=RunLimits)
     request_timeout: float = 300.0  # an in-process call's deadline, as HTTP calls have
+    #: Requests of `step.ai.infer` and `step.fetch` made at once; they take no dispatch slot.
+    gateway_concurrency: int = 256
 
 
 class Dispatcher:
@@ -61,6 +64,9 @@ class Dispatcher:
         self.limits = limits
         self.inproc = InProcessTransport()
         self.http = http
+        self.gateway = GatewayClient(limits.request_timeout)
+        self._gateway_slots = asyncio.Semaphore(limits.gateway_concurrency)
+        self._gateway_tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -121,10 +127,11 @@ class Dispatcher:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
-        for task in list(self._inflight):
+        tasks = self._inflight | self._gateway_tasks
+        for task in tasks:
             task.cancel()
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def wake(self) -> None:
         self._wake.set()
@@ -139,7 +146,10 @@ class Dispatcher:
 
     async def _dispatch(self) -> None:
         while not self.stopping:
-            free = self.limits.concurrency - len(self._inflight) - self._reserved
+            # Gateway requests take no slot, but those waiting for one of theirs do: claimed
+            # work stays bounded when many model calls are due at once.
+            backlog = max(0, len(self._gateway_tasks) - self.limits.gateway_concurrency)
+            free = self.limits.concurrency - len(self._inflight) - self._reserved - backlog
             nxt: int | None = None
             if free > 0:
                 items: list[QueueItem] = []
@@ -169,12 +179,17 @@ class Dispatcher:
     def _spawn(self, item: QueueItem, run: RunRecord | None = None) -> None:
         # A fresh context: a run taken inside a step (say, by an event sent from one) must
         # not inherit that step's context variables.
-        task = asyncio.create_task(self._process(item, run), context=contextvars.Context())
-        self._inflight.add(task)
+        if item.kind is ItemKind.GATEWAY:  # no app is called: no dispatch slot is taken
+            task = asyncio.create_task(self._gateway(item), context=contextvars.Context())
+            self._gateway_tasks.add(task)
+        else:
+            task = asyncio.create_task(self._process(item, run), context=contextvars.Context())
+            self._inflight.add(task)
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self._gateway_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("processing a queue item failed", exc_info=task.exception())
         self._wake.set()
@@ -203,6 +218,40 @@ class Dispatcher:
             await self.atomic(lambda unit: lifecycle.fail_unregistered(unit, gone))
             return
         await self._request(fn, item, run, memos)
+
+    async def _gateway(self, item: QueueItem) -> None:
+        """Make a gateway step's request (`gateway.py`) under its item's lease, and resolve the
+        step with the answer or queue its next attempt."""
+        async with self.store.snapshot() as tx:
+            run = await tx.get_run(item.run_id)
+            memos = await tx.get_memos(item.run_id) if run is not None else {}
+        if run is None or run.status.finished:
+            await self.atomic(lambda unit: unit.tx.delete_item(item.id))
+            return
+        fn = self.functions.get(run.fn_id)
+        if fn is None:
+            gone = run
+            await self.atomic(lambda unit: lifecycle.fail_unregistered(unit, gone))
+            return
+        bounds = limits.for_function(fn, self.limits.run)
+        req = GatewayRequest.from_payload(item.payload or {})
+        renew = asyncio.create_task(self._renew(item))
+        try:
+            async with self._gateway_slots:
+                outcome = await self.gateway.perform(req, bounds, Usage.of(memos))
+        finally:
+            renew.cancel()
+        at = answers.retry_at(outcome.retry_after, now_ms()) if outcome.retry_after else None
+        await self.atomic(lambda unit: gateway.apply(unit, item, outcome, fn.retries + 1, at))
+        self._wake.set()
+        if outcome.memo is not None:
+            details = {
+                "run_id": run.run_id,
+                "fn_id": fn.fn_id,
+                "step": (item.payload or {}).get("name"),
+            }
+            details.update({"op": "AIGateway" if req.ai else "Gateway", **outcome.memo})
+            self.watchers.emit("step", details)
 
     async def _request(
         self, fn: FunctionRecord, item: QueueItem, run: RunRecord, memos: dict[str, Any]

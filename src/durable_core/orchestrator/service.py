@@ -115,6 +115,7 @@ class Orchestrator:
         await self.scheduler.stop()
         await self.dispatcher.stop()
         await self.http.aclose()
+        await self.dispatcher.gateway.aclose()
         await self.store.close()
 
     def wake(self) -> None:

@@ -56,6 +56,7 @@ class ItemKind(enum.StrEnum):
     RESUME = "resume"  # a timer: store `payload.memo` for `step` unless already resolved
     FLUSH = "flush"  # a timer: start a debounced or batched run if its time has come
     TIMEOUT = "timeout"  # a timer: cancel a run past its `timeouts.start` or `timeouts.finish`
+    GATEWAY = "gateway"  # make the HTTP request of `step.ai.infer` or `step.fetch` (`gateway.py`)
 
 
 @dataclasses.dataclass(slots=True)
