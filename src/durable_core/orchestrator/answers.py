@@ -172,6 +172,7 @@ class _Answer:
     # Ops answered at once (an invoke of an unknown function, a signal already waited for):
     # resolved after the whole batch is pending, so fan-in counts every op.
     immediate: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    #: The run has ended (failed, or completed by RunComplete): later ops are not applied.
     failed: bool = False
 
     async def history(self, step: str, name: str, kind: str) -> None:
@@ -199,16 +200,23 @@ async def _step_ran(a: _Answer, op: _Op) -> None:
     rec = HistoryRecord(
         a.run.run_id, op.step, op.name, op.kind, a.item.attempt, a.started, a.now, data, error
     )
-    await a.unit.tx.add_history(rec)
     if op.kind == Opcode.STEP_ERROR:
+        await a.unit.tx.add_history(rec)
         await _retry(a.unit, a.item, a.run, a.now + lifecycle.delay_ms(a.unit, a.item.attempt))
         a.reasons.append(f"step {op.name!r} failed (attempt {a.item.attempt + 1}), retrying")
         return
     memo = {"data": data} if op.kind == Opcode.STEP_RUN else {"error": error}
     if a.item.kind is ItemKind.STEP:
+        await a.unit.tx.add_history(rec)
         await lifecycle.resolve(a.unit, a.run.run_id, op.step, memo)
-    else:
-        await a.unit.tx.put_memo(a.run.run_id, op.step, memo)
+    elif await a.unit.tx.put_memo(a.run.run_id, op.step, memo):  # once, if checkpointed too
+        await a.unit.tx.add_history(rec)
+
+
+async def _run_complete(a: _Answer, op: _Op) -> None:
+    """RunComplete: the function returned `data`, after the steps before it in the answer."""
+    await lifecycle.finish(a.unit, a.run, RunStatus.COMPLETED, output=op.raw.get("data"))
+    a.failed = True  # the run has ended: nothing after this op applies
 
 
 async def _planned(a: _Answer, op: _Op) -> None:
@@ -323,6 +331,7 @@ HANDLERS: dict[str, Handler] = {
     Opcode.WAIT_FOR_EVENT: _wait_for_event,
     Opcode.WAIT_FOR_SIGNAL: _wait_for_signal,
     Opcode.INVOKE: _invoke,
+    Opcode.RUN_COMPLETE: _run_complete,
 }
 
 

@@ -9,6 +9,7 @@
     GET  /v1/events?name=&limit=&cursor=;  POST /v1/events
     POST /v1/functions/{function_id}/invoke   {"data": {...}, "wait": bool, "timeout": seconds}
     POST /v1/signals                       {"signal": name, "data": ...}
+    POST /v1/checkpoint/{run_id}/async     steps of a request in flight (`api_checkpoint.py`)
 
 Every error is JSON, `{"error": "...", "status": N}` naming the problem: 400 for a bad body or
 parameter, 413 for a body over 10 MiB, 404 for an unknown id, 401 without the right key, 503
@@ -37,6 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import signing
+from .api_checkpoint import CheckpointApi
 from .api_http import MAX_BODY, JsonAnswer, guarded, http_exception, read_json
 from .api_input import (
     InvokeIn,
@@ -136,6 +138,7 @@ class Api:
             Route("/v1/events", self._guarded(self.events), methods=["GET", "POST"]),
             Route("/v1/signals", self._guarded(self.signal), methods=["POST"]),
             Route("/health", self._guarded(self.health), methods=["GET"]),
+            *CheckpointApi(self.orch, self._authorize).routes(),
         ]
 
     def app(

@@ -108,6 +108,9 @@ def _ops(budget: Budget, ops: list[Any]) -> Overrun | None:
             continue
         kind, name = op.get("op"), op.get("displayName") or op.get("name") or op.get("id")
         try:
+            if kind == Opcode.RUN_COMPLETE:
+                budget.output("the output of the function", op.get("data"))
+                continue
             if kind == Opcode.STEP_RUN:
                 budget.store(f"the output of step {name!r}", op.get("data"))
             elif kind not in (Opcode.STEP_ERROR, Opcode.STEP_FAILED):  # errors are clipped
