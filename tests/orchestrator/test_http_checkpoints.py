@@ -9,6 +9,7 @@ field, and steps over the run's limits a 413 that leaves the run as it was. On b
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from adapters.fastapi import Serve
@@ -113,11 +118,11 @@ def served_app(orch_url: str, **keys: Any) -> Iterator[tuple[httpx.Client, Count
     _, counted = chain_app(orch_url, **keys)
     server = UvicornApp(counted)
     server.start()
-    headers = {"authorization": f"Bearer {hashed_signing_key(KEY)}"} if "signing_key" in keys else {}
+    headers = (
+        {"authorization": f"Bearer {hashed_signing_key(KEY)}"} if "signing_key" in keys else {}
+    )
     try:
         with httpx.Client(base_url=orch_url, timeout=DEADLINE, headers=headers) as api:
-            origin = {"serve_origin": server.base_url} if "signing_key" in keys else {}
-            assert not origin or True
             res = httpx.put(f"{server.base_url}{SERVE_PATH}", timeout=DEADLINE)
             assert res.status_code == 200, res.text
             yield api, counted
@@ -179,3 +184,156 @@ def test_a_step_over_the_limit_fails_the_run_with_the_earlier_steps_stored(
         run = finished(api, "chain-limited")
         assert run["status"] == "failed"
         assert "64" in run["error"]["message"] or "limit" in run["error"]["message"].lower()
+
+
+# -- the checkpoint API on its own -----------------------------------------------------------
+
+
+class HeldApp:
+    """An app that keeps each execution request open until released, then answers with what
+    the test says; it records the requests' bodies (their `ctx.qi_id`)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.release = threading.Event()
+        self.answer: tuple[int, Any] = (200, "done")
+        routes = [Route("/api/held", self.execute, methods=["POST"])]
+        self.server = UvicornApp(Starlette(routes=routes))
+
+    async def execute(self, request: Request) -> Response:
+        self.bodies.append(await request.json())
+        await asyncio.to_thread(self.release.wait, DEADLINE)
+        status, body = self.answer
+        return JSONResponse(body, status_code=status)
+
+
+@pytest.fixture
+def held() -> Iterator[HeldApp]:
+    app = HeldApp()
+    app.server.start()
+    yield app
+    app.release.set()
+    app.server.stop()
+
+
+def start_held(api: httpx.Client, app: HeldApp, local_id: str, **config: Any) -> dict[str, Any]:
+    """Register a function served by `app`, start a run and return its request's body."""
+    fn_id = f"held-{local_id}"
+    url = f"{app.server.base_url}/api/held?fnId={fn_id}&stepId=step"
+    step = {"id": "step", "name": "step", "runtime": {"type": "http", "url": url}}
+    fn = {"id": fn_id, "triggers": [{"event": f"held/{local_id}"}], "steps": {"step": step}}
+    res = api.post("/fn/register", json={"appname": "held", "functions": [{**fn, **config}]})
+    assert res.status_code == 200, res.text
+    seen = len(app.bodies)
+    send(api, f"held/{local_id}")
+    wait_until("the request to reach the app", lambda: len(app.bodies) > seen)
+    return app.bodies[seen]
+
+
+def step_op(step: str, data: Any) -> dict[str, Any]:
+    return {"op": "StepRun", "id": step, "name": step, "displayName": step, "data": data}
+
+
+def checkpoint(
+    api: httpx.Client, body: dict[str, Any], *steps: dict[str, Any], qi: Any = None
+) -> httpx.Response:
+    ctx = body["ctx"]
+    payload = {
+        "run_id": ctx["run_id"], "fn_id": ctx["fn_id"],
+        "qi_id": ctx["qi_id"] if qi is None else qi,
+        "request_id": None, "generation_id": None, "request_started_at": 1, "ts": 2,
+        "steps": list(steps),
+    }  # fmt: skip
+    return api.post(f"/v1/checkpoint/{ctx['run_id']}/async", json=payload)
+
+
+def test_a_checkpoint_is_stored_once_and_a_stale_one_gets_409(
+    database_url: str, held: HeldApp
+) -> None:
+    with standalone(database_url) as (url, _), httpx.Client(base_url=url) as api:
+        first = start_held(api, held, "twice")
+        assert first["ctx"]["qi_id"]
+        for _ in range(2):  # idempotent: the same step twice is stored once
+            res = checkpoint(api, first, step_op("a", 1))
+            assert res.status_code == 200, res.text
+        res = checkpoint(api, first, step_op("a", 99), step_op("b", 2))
+        assert res.status_code == 200, res.text
+        other = start_held(api, held, "other")
+        # a queue item of another run
+        assert checkpoint(api, first, step_op("c", 3), qi=other["ctx"]["qi_id"]).status_code == 409
+        held.answer = (206, [step_op("b", 2), {"op": "RunComplete", "id": "complete", "data": 7}])
+        held.release.set()
+        run = finished(api, "held-twice")
+        assert (run["status"], run["output"]) == ("completed", 7)
+        steps = [(s["name"], s["output"]) for s in run["steps"]]
+        assert steps == [("a", 1), ("b", 2)]  # the first result stays; nothing stored twice
+        late = checkpoint(api, first, step_op("c", 3))  # the request was answered
+        assert late.status_code == 409, late.text
+        assert "stale" in late.json()["error"]
+        assert finished(api, "held-other")["status"] == "completed"
+        assert checkpoint(api, other, step_op("z", 0)).status_code == 409  # the run is over
+
+
+def test_a_checkpoint_over_the_limits_gets_413_and_stores_nothing(
+    database_url: str, held: HeldApp
+) -> None:
+    with standalone(database_url) as (url, _), httpx.Client(base_url=url) as api:
+        body = start_held(api, held, "small", limits={"stepOutput": 16})
+        res = checkpoint(api, body, step_op("ok", 1), step_op("big", "x" * 100))
+        assert res.status_code == 413, res.text
+        assert "big" in res.json()["error"]
+        assert checkpoint(api, body, step_op("fine", 2)).status_code == 200
+        held.release.set()
+        run = finished(api, "held-small")
+        assert run["status"] == "completed"
+        assert [s["name"] for s in run["steps"]] == ["fine"]
+
+
+BAD_BODIES = [
+    (b"{not json", "checkpoint"),
+    (b"[]", "checkpoint"),
+    (b'{"steps": []}', "qi_id"),
+    (b'{"qi_id": "1", "steps": {}}', "steps"),
+    (b'{"qi_id": "1", "steps": [{"op": "StepRun"}]}', "steps.0.id"),
+    (b'{"qi_id": "1", "steps": [{"op": "Sleep", "id": "x"}]}', "steps.0.op"),
+    (b'{"qi_id": "not-an-item", "steps": []}', "qi_id"),
+    (b'{"run_id": "other", "qi_id": "1", "steps": []}', "run_id"),
+]
+
+
+def test_the_checkpoint_api_wants_the_key_then_a_good_body(database_url: str) -> None:
+    with standalone(database_url, signing_key=KEY) as (url, _), httpx.Client(base_url=url) as api:
+        path = "/v1/checkpoint/some-run/async"
+        res = api.post(path, content=b"{not json")
+        assert res.status_code == 401, res.text  # before the body is read
+        auth = {"authorization": f"Bearer {hashed_signing_key(KEY)}"}
+        for raw, field in BAD_BODIES:
+            res = api.post(path, content=raw, headers=auth)
+            assert res.status_code == 400, (raw, res.text)
+            assert field in res.json()["error"], (raw, res.text)
+        res = api.post(path, json={"qi_id": "1", "steps": []}, headers=auth)
+        assert res.status_code == 404, res.text  # no such run
+
+
+def test_a_checkpoint_reaching_another_process_is_stored_from_the_store(
+    database_url: str, held: HeldApp
+) -> None:
+    """Two orchestrator processes share a PostgreSQL database: whichever dispatched the
+    request, a checkpoint to either is checked against the store and stored."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("a SQLite store has one orchestrator process")
+    with (
+        standalone(database_url) as (url_a, _),
+        standalone(database_url) as (url_b, _),
+        httpx.Client(base_url=url_a) as api_a,
+        httpx.Client(base_url=url_b) as api_b,
+    ):
+        body = start_held(api_a, held, "shared")
+        assert checkpoint(api_a, body, step_op("a", 1)).status_code == 200
+        assert checkpoint(api_b, body, step_op("b", 2)).status_code == 200
+        assert checkpoint(api_b, body, step_op("a", 5)).status_code == 200  # stored once
+        held.release.set()
+        run = finished(api_a, "held-shared")
+        assert run["status"] == "completed"
+        assert [(s["name"], s["output"]) for s in run["steps"]] == [("a", 1), ("b", 2)]
+        assert checkpoint(api_b, body, step_op("c", 3)).status_code == 409

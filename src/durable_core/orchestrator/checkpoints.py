@@ -106,8 +106,9 @@ class StepBuffer:
     async def _store(self, rec: HistoryRecord, memo: dict[str, Any]) -> bool:
         for attempt in range(ATTEMPTS):
             try:
-                leased = self.item.id if self.leased else None
-                return await self.store.checkpoint(rec, memo, leased)
+                if self.leased:
+                    return await self.store.checkpoint(rec, memo, self.item.id)
+                return await self.store.checkpoint(rec, memo)
             except Exception as err:
                 if attempt + 1 < ATTEMPTS and self.store.transient(err):
                     await asyncio.sleep(BACKOFF_S * 2**attempt * (1 + random.random()))
