@@ -156,6 +156,16 @@ class Procs:
                 proc.wait(timeout=10)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the processes have used so far (Linux; 0 elsewhere)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def uvicorn_args(factory: str, port: int) -> list[str]:
     return [
         sys.executable, "-m", "uvicorn", "--factory", "--app-dir", str(HERE),
@@ -165,8 +175,9 @@ def uvicorn_args(factory: str, port: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def setup(directory: Path, client: httpx.Client) -> Iterator[str]:
-    """`durable dev` on a fresh SQLite file, with both apps synced; its URL."""
+def setup(directory: Path, client: httpx.Client) -> Iterator[tuple[str, list[int]]]:
+    """`durable dev` on a fresh SQLite file, with both apps synced: its URL, and the pids of
+    the orchestrator and our app."""
     procs = Procs(directory)
     port = free_port()
     orch = f"http://127.0.0.1:{port}"
@@ -183,7 +194,7 @@ def setup(directory: Path, client: httpx.Client) -> Iterator[str]:
             res = client.put(app_url)
             if res.status_code != 200:
                 raise RuntimeError(f"sync of {factory} failed: {res.status_code} {res.text}")
-        yield orch
+        yield orch, [procs.procs[0][0].pid, procs.procs[1][0].pid]
     finally:
         procs.stop()
 
@@ -262,14 +273,17 @@ def main() -> None:
     )
     ours: dict[int, float] = {}
     theirs: dict[int, float] = {}
+    cpu_ms: dict[int, float] = {}
     with (
         tempfile.TemporaryDirectory(prefix="bench-http-") as tmp,
         httpx.Client(timeout=60, trust_env=False) as client,
-        setup(Path(tmp), client) as orch,
+        setup(Path(tmp), client) as (orch, pids),
     ):
         ms_per_step(client, orch, "ours", 20, 1)  # warm-up, not measured
         for n in sizes:
+            cpu = cpu_seconds(pids)
             ours[n] = statistics.median(ms_per_step(client, orch, "ours", n, reps))
+            cpu_ms[n] = (cpu_seconds(pids) - cpu) * 1000 / (n * reps)
         if not opts.no_inngest:
             ms_per_step(client, orch, "inngest", 10, 1)
             for n in (100, 1000):
@@ -277,6 +291,10 @@ def main() -> None:
         one_step_runs_per_second(client, orch, 50)  # warm-up
         per_second = one_step_runs_per_second(client, orch, min(opts.runs, 1000))
     misses = report(ours, theirs, per_second, opts.runs)
+    print(
+        "CPU ms per step (orchestrator + our app):",
+        ", ".join(f"{n:,}: {v:.3f}" for n, v in sorted(cpu_ms.items())),
+    )
     sys.exit(1 if misses else 0)
 
 

@@ -12,27 +12,27 @@ wait, invoke or fan-out, in front of those ops. A checkpoint that fails ends the
 the steps it kept in a 206, as without checkpoints, so nothing is lost; a 409 (the request was
 superseded: the run was taken over or has ended) ends it with nothing to report.
 
-One pooled client per process (one per event loop for async code), with keep-alive, signed as
-the app's other calls to the orchestrator (`Authorization: Bearer <hashed signing key>`).
+Posts go through `_http_post`'s small keep-alive clients: a request's checkpoints share one
+connection, opened at its first checkpoint and closed when it ends (`close`), so a chain of
+steps costs one connection, and a request that checkpoints nothing (a one-step run) none.
+They are signed as the app's other calls to the orchestrator (`Authorization: Bearer
+<hashed signing key>`). A checkpoint is idempotent, so a kept connection the server closed
+is simply tried again on a fresh one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import threading
 import time
 import urllib.parse
-import weakref
 from typing import Any
-
-import httpx
 
 from ._driver import Outcome, Raised, Returned
 from ._engine import Ops
 from ._faults import fault
+from ._http_post import AsyncPoster, PostError, SyncPoster, origin_of
 from ._lifecycle import CheckpointDeferred, Checkpoints, SyncCheckpoints
 from .protocol import SDK_ID, Header, Opcode
 from .types import JSONObject
@@ -44,34 +44,6 @@ TIMEOUT_S = 30.0
 #: counts a retry's attempt from the request's, which the kept steps would not reset.
 _ERRORS = frozenset({Opcode.STEP_ERROR, Opcode.STEP_FAILED})
 
-_lock = threading.Lock()
-_sync_client: httpx.Client | None = None
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _limits() -> httpx.Limits:
-    return httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=30)
-
-
-def sync_client() -> httpx.Client:
-    global _sync_client
-    with _lock:
-        if _sync_client is None:
-            _sync_client = httpx.Client(timeout=TIMEOUT_S, limits=_limits())
-        return _sync_client
-
-
-def async_client() -> httpx.AsyncClient:
-    loop = asyncio.get_running_loop()
-    with _lock:
-        client = _async_clients.get(loop)
-        if client is None:
-            client = httpx.AsyncClient(timeout=TIMEOUT_S, limits=_limits())
-            _async_clients[loop] = client
-        return client
-
 
 class HttpCheckpoints:
     """The steps of one request, kept and posted to the orchestrator's checkpoint API."""
@@ -81,6 +53,7 @@ class HttpCheckpoints:
     ) -> None:
         run_id = str(ctx.run_id)
         self.url = f"{base_url}/v1/checkpoint/{urllib.parse.quote(run_id, safe='')}/async"
+        self.path = urllib.parse.urlsplit(self.url).path
         self._fixed = {
             "run_id": run_id,
             "fn_id": ctx.fn_id or fn_id,
@@ -90,6 +63,8 @@ class HttpCheckpoints:
         }
         self.headers = {"content-type": "application/json", Header.SDK: SDK_ID, **(headers or {})}
         self.kept: list[JSONObject] = []
+        self._async: AsyncPoster | None = None
+        self._sync: SyncPoster | None = None
         self.started_at = _now_ms()
         #: The request ends without checkpoints: "failed" (answer with what is kept) or
         #: "stale" (a 409: answer with nothing).
@@ -109,22 +84,19 @@ class HttpCheckpoints:
         }
         return json.dumps(body, separators=(",", ":")).encode()
 
-    def _answered(self, res: httpx.Response | Exception) -> None:
+    def _answered(self, res: tuple[int, bytes] | Exception) -> None:
         """Forget what was posted (2xx), or end the request (CheckpointDeferred)."""
-        if isinstance(res, httpx.Response) and res.is_success:
+        if isinstance(res, tuple) and 200 <= res[0] < 300:
             self.kept.clear()
             fault("checkpoint.posted")
             return
-        if isinstance(res, httpx.Response) and res.status_code == 409:
+        text = res[1][:300].decode("utf-8", "replace") if isinstance(res, tuple) else ""
+        if isinstance(res, tuple) and res[0] == 409:
             self.kept.clear()
             self.ended = "stale"
-            raise CheckpointDeferred(f"the orchestrator says this request is stale: {res.text}")
+            raise CheckpointDeferred(f"the orchestrator says this request is stale: {text}")
         self.ended = "failed"
-        what = (
-            f"HTTP {res.status_code}: {res.text[:300]}"
-            if isinstance(res, httpx.Response)
-            else repr(res)
-        )
+        what = f"HTTP {res[0]}: {text}" if isinstance(res, tuple) else repr(res)
         _log.warning(
             "checkpointing to %s failed (%s); the request ends with its steps", self.url, what
         )
@@ -134,10 +106,10 @@ class HttpCheckpoints:
         if not self.kept or self.ended:
             return
         try:
-            res: httpx.Response | Exception = await async_client().post(
-                self.url, content=self._body(), headers=self.headers
+            res: tuple[int, bytes] | Exception = await self._async_poster().post(
+                self.path, self._body(), self.headers
             )
-        except httpx.HTTPError as err:
+        except PostError as err:
             res = err
         self._answered(res)
 
@@ -145,12 +117,26 @@ class HttpCheckpoints:
         if not self.kept or self.ended:
             return
         try:
-            res: httpx.Response | Exception = sync_client().post(
-                self.url, content=self._body(), headers=self.headers
+            res: tuple[int, bytes] | Exception = self._sync_poster().post(
+                self.path, self._body(), self.headers
             )
-        except httpx.HTTPError as err:
+        except PostError as err:
             res = err
         self._answered(res)
+
+    def _async_poster(self) -> AsyncPoster:
+        self._async = self._async or AsyncPoster(origin_of(self.url))
+        return self._async
+
+    def _sync_poster(self) -> SyncPoster:
+        self._sync = self._sync or SyncPoster(origin_of(self.url))
+        return self._sync
+
+    def close(self) -> None:
+        """The request is over: close its connection to the orchestrator."""
+        for poster in (self._async, self._sync):
+            if poster is not None:
+                poster.close()
 
     def hooks(self) -> Checkpoints:
         async def record(op: JSONObject) -> None:
@@ -209,4 +195,4 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-__all__ = ["HttpCheckpoints", "async_client", "sync_client"]
+__all__ = ["HttpCheckpoints"]

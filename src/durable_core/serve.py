@@ -131,13 +131,17 @@ class ServeHandler:
         if isinstance(plan, _Sync):
             return self._finish(await self._sync_out_of_band(plan), plan.key)
         steps = self._checkpoints(plan)
-        outcome = await execute(
-            plan.fn, plan.handler, plan.body, plan.target,
-            sender=self._sender, sync_sender=self._sync_sender,
-            checkpoint=steps.hooks() if steps else None,
-        )  # fmt: skip
-        if steps is not None:
-            outcome = await steps.answer(outcome)
+        try:
+            outcome = await execute(
+                plan.fn, plan.handler, plan.body, plan.target,
+                sender=self._sender, sync_sender=self._sync_sender,
+                checkpoint=steps.hooks() if steps else None,
+            )  # fmt: skip
+            if steps is not None:
+                outcome = await steps.answer(outcome)
+        finally:
+            if steps is not None:
+                steps.close()
         return self._finish(self._outcome(plan, outcome), plan.key)
 
     def _handle_sync(self, req: Request) -> Response:
@@ -147,13 +151,17 @@ class ServeHandler:
         if isinstance(plan, _Sync):
             return self._finish(self._sync_out_of_band_blocking(plan), plan.key)
         steps = self._checkpoints(plan)
-        outcome = execute_blocking(
-            plan.fn, plan.handler, plan.body, plan.target,
-            sender=self._sender, sync_sender=self._sync_sender,
-            checkpoint=steps.sync_hooks() if steps else None,
-        )  # fmt: skip
-        if steps is not None:
-            outcome = steps.answer_sync(outcome)
+        try:
+            outcome = execute_blocking(
+                plan.fn, plan.handler, plan.body, plan.target,
+                sender=self._sender, sync_sender=self._sync_sender,
+                checkpoint=steps.sync_hooks() if steps else None,
+            )  # fmt: skip
+            if steps is not None:
+                outcome = steps.answer_sync(outcome)
+        finally:
+            if steps is not None:
+                steps.close()
         return self._finish(self._outcome(plan, outcome), plan.key)
 
     def _checkpoints(self, plan: _Execution) -> HttpCheckpoints | None:

@@ -126,7 +126,7 @@ class CheckpointApi:
         async with self.orch.store.snapshot() as tx:
             item = await tx.get_item(item_id)
             run = await tx.get_run(run_id)
-            memos = await tx.get_memos(run_id) if item is not None and run is not None else {}
+            used = await tx.memo_usage(run_id) if item is not None and run is not None else (0, 0)
         if run is None:
             raise Problem(404, f"no run {run_id!r}")
         if item is None or item.run_id != run_id:
@@ -137,7 +137,7 @@ class CheckpointApi:
         if fn is None:
             raise _stale(run_id, f"is of function {run.fn_id!r}, which is no longer registered")
         bounds = limits.for_function(fn, self.orch.dispatcher.limits.run)
-        budget = Budget(bounds, Usage.of(memos))
+        budget = Budget(bounds, Usage(*used))
         return StepBuffer(self.orch.store, self.orch.watchers, item, fn, budget, leased=True)
 
 

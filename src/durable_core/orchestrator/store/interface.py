@@ -80,6 +80,11 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     async def get_memos(self, run_id: str) -> dict[str, Any]: ...
     @abc.abstractmethod
+    async def memo_usage(self, run_id: str) -> tuple[int, int]:
+        """How many step results the run has stored, and their size (`_limits.Usage`),
+        counted by the database."""
+
+    @abc.abstractmethod
     async def add_pending(self, run_id: str, steps: list[str]) -> None: ...
     @abc.abstractmethod
     async def remove_pending(self, run_id: str, step: str) -> int:

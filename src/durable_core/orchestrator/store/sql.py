@@ -212,6 +212,17 @@ class SqlTx(QueueSql, Tx):
         sql = "INSERT INTO memos VALUES (?,?,?) ON CONFLICT DO NOTHING"
         return await self.db.count(sql, (run_id, step, dump(memo))) == 1
 
+    async def memo_usage(self, run_id: str) -> tuple[int, int]:
+        # A memo is stored as compact JSON: `{"data":<output>}` is 9 characters more than
+        # the output `_limits.memo_size` counts (an error's 10, close enough for a limit).
+        row = await self.db.one(
+            "SELECT count(*) AS n, coalesce(sum(length(memo)), 0) AS size FROM memos"
+            " WHERE run_id=?",
+            (run_id,),
+        )
+        count, size = (int(row["n"]), int(row["size"])) if row is not None else (0, 0)
+        return count, max(0, size - 9 * count)
+
     async def get_memos(self, run_id: str) -> dict[str, Any]:
         rows = await self.db.rows("SELECT step, memo FROM memos WHERE run_id=?", (run_id,))
         return {r["step"]: json.loads(r["memo"]) for r in rows}
