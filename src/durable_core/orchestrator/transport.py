@@ -1,7 +1,8 @@
 """How the orchestrator calls an app: one method, two implementations.
 
-- `HttpTransport`: httpx, the body as signed JCS canonical JSON, with a timeout; an answer is
-  read only up to the call's `max_body` (streamed: a longer one is dropped unread).
+- `HttpTransport`: one httpx client (its connections to apps kept alive, as many as the
+  dispatcher runs requests at once), the body as signed JCS canonical JSON, with a timeout; an
+  answer is read only up to the call's `max_body` (streamed: a longer one is dropped unread).
 - `InProcessTransport`: the app shares the process; call the core executor directly (no HTTP,
   no JSON), and let the SDK checkpoint each finished step straight into the store.
 """
@@ -64,9 +65,14 @@ def step_url(url: str, target: str | None) -> str:
 
 
 class HttpTransport:
-    def __init__(self, *, signing_key: str | None = None, timeout: float = 300.0) -> None:
+    def __init__(
+        self, *, signing_key: str | None = None, timeout: float = 300.0, connections: int = 64
+    ) -> None:
         self._signing_key = signing_key
-        self._client = httpx.AsyncClient(timeout=timeout)
+        # One client, so connections to apps are kept and reused; as many as requests may
+        # run at once (the dispatcher's concurrency), every one of them kept alive.
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self._client = httpx.AsyncClient(timeout=timeout, limits=limits)
 
     async def call(self, call: Call) -> CallResult:
         fn, body = call.fn, bytes(rfc8785.dumps(call.request))
