@@ -19,9 +19,9 @@ The points, in the order one step's life meets them:
   leased queue items to this process has committed; none of them has started.
 - `step.ran` (`_lifecycle.py`, `Execution.returned`; the app's side): a step's
   function has returned and its result is serialized; nothing has recorded or reported it.
-- `checkpoint.committed` (`orchestrator/checkpoints.py`, `StepBuffer.flush`; in-process calls
-  only): a
-  step's result has been committed on its own, and the request goes on to the next step.
+- `checkpoint.committed` (`orchestrator/checkpoints.py`, `StepBuffer.flush`): a step's result
+  has been committed on its own (in-process, or posted by an app over HTTP), and the request
+  goes on to the next step.
 - `checkpoint.posted` (`_http_checkpoint.py`, `HttpCheckpoints`; the app's side, over HTTP):
   the orchestrator has accepted a checkpoint of the steps the app posted; the next step has
   not started.

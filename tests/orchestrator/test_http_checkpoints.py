@@ -107,6 +107,20 @@ def chain_app(orch_url: str, **keys: Any) -> tuple[Durable, Counted]:
         await ctx.step.run("small", lambda: "x")
         return await ctx.step.run("big", lambda: "y" * 200)
 
+    tries: dict[str, int] = {}
+
+    def flaky(step: str, failures: int) -> str:
+        tries[step] = tries.get(step, 0) + 1
+        if tries[step] <= failures:
+            raise RuntimeError(f"{step} failed (try {tries[step]})")
+        return step
+
+    @durable.function(id="flaky", trigger=TriggerEvent("chain/flaky"), retries=2)
+    async def flaky_chain(ctx: Context) -> list[str]:
+        # `a` succeeds on its second attempt and is checkpointed; `b`, in the same request,
+        # then has its own three attempts, not what is left of `a`'s.
+        return [await ctx.step.run("a", flaky, "a", 1), await ctx.step.run("b", flaky, "b", 2)]
+
     app = FastAPI()
     Serve(app, durable, path=SERVE_PATH)
     return durable, Counted(app)
@@ -337,3 +351,12 @@ def test_a_checkpoint_reaching_another_process_is_stored_from_the_store(
         assert run["status"] == "completed"
         assert [(s["name"], s["output"]) for s in run["steps"]] == [("a", 1), ("b", 2)]
         assert checkpoint(api_b, body, step_op("c", 3)).status_code == 409
+
+
+def test_a_step_after_a_checkpointed_retry_gets_all_its_attempts(database_url: str) -> None:
+    with standalone(database_url) as (url, _), served_app(url, dev=True) as (api, _app):
+        send(api, "chain/flaky")
+        run = finished(api, "chain-flaky")
+        assert (run["status"], run["output"]) == ("completed", ["a", "b"]), run
+        attempts = [(s["name"], s["attempt"]) for s in run["steps"] if s["op"] == "StepRun"]
+        assert attempts == [("a", 1), ("b", 2)]
