@@ -39,7 +39,6 @@ from .types import JSONObject
 
 _log = logging.getLogger("durable")
 
-TIMEOUT_S = 30.0
 #: Ops after which the kept steps are posted rather than sent with them: the orchestrator
 #: counts a retry's attempt from the request's, which the kept steps would not reset.
 _ERRORS = frozenset({Opcode.STEP_ERROR, Opcode.STEP_FAILED})

@@ -129,8 +129,11 @@ def chain_app(orch_url: str, **keys: Any) -> tuple[Durable, Counted]:
 @contextlib.contextmanager
 def served_app(orch_url: str, **keys: Any) -> Iterator[tuple[httpx.Client, Counted]]:
     """Our app under uvicorn, synced with the orchestrator at `orch_url`; a client for it."""
-    _, counted = chain_app(orch_url, **keys)
+    counted = Counted(None)
     server = UvicornApp(counted)
+    if "signing_key" in keys:  # an unsigned sync in production registers the serve origin
+        keys["serve_origin"] = server.base_url
+    counted.app = chain_app(orch_url, **keys)[1].app
     server.start()
     headers = (
         {"authorization": f"Bearer {hashed_signing_key(KEY)}"} if "signing_key" in keys else {}
@@ -170,6 +173,16 @@ def test_a_chain_of_steps_runs_in_one_request(database_url: str, kind: str) -> N
         assert app.executions - before == 1
         ran = [s["name"] for s in run["steps"] if s["op"] == "StepRun"]
         assert ran == [f"s{i}" for i in range(N)]  # each step stored once, in order
+
+
+def test_checkpoints_are_signed_for_a_production_orchestrator(database_url: str) -> None:
+    with (
+        standalone(database_url, signing_key=KEY, event_keys=["key"]) as (url, _),
+        served_app(url, signing_key=KEY, event_key="key") as (api, app),
+    ):
+        send(api, "chain/sync")
+        run = finished(api, "chain-sync-chain")
+        assert (run["status"], run["output"], app.executions) == ("completed", sum(range(N)), 1)
 
 
 def test_a_one_step_run_is_one_request(database_url: str) -> None:
@@ -360,3 +373,60 @@ def test_a_step_after_a_checkpointed_retry_gets_all_its_attempts(database_url: s
         assert (run["status"], run["output"]) == ("completed", ["a", "b"]), run
         attempts = [(s["name"], s["attempt"]) for s in run["steps"] if s["op"] == "StepRun"]
         assert attempts == [("a", 1), ("b", 2)]
+
+
+@contextlib.contextmanager
+def wsgi_app(orch_url: str) -> Iterator[tuple[str, list[int]]]:
+    """The chain as a Flask app (the WSGI serve path, `handle_sync`) under the standard
+    library's WSGI server on loopback: its serve URL, and a count of execution requests."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from flask import Flask
+
+    from adapters.flask import durable_blueprint
+
+    durable = Durable("wsgi", dev=True, orchestrator_url=orch_url)
+
+    @durable.function(id="sync-chain", trigger=TriggerEvent("wsgi/sync"))
+    def sync_chain(ctx: SyncContext) -> int:
+        return sum(ctx.step.run(f"s{i}", lambda i=i: i) for i in range(N))
+
+    @durable.function(id="async-chain", trigger=TriggerEvent("wsgi/async"))
+    async def async_chain(ctx: Context) -> int:
+        return sum([await ctx.step.run(f"s{i}", lambda i=i: i) for i in range(N)])
+
+    flask_app = Flask(__name__)
+    flask_app.register_blueprint(durable_blueprint(durable, path=SERVE_PATH, embedded=False))
+    executions = [0]
+
+    def counted(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["REQUEST_METHOD"] == "POST":
+            executions[0] += 1
+        return flask_app(environ, start_response)
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = make_server("127.0.0.1", 0, counted, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}{SERVE_PATH}", executions
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(DEADLINE)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_wsgi_app_runs_a_chain_in_one_request(database_url: str, kind: str) -> None:
+    with (
+        standalone(database_url) as (url, _),
+        wsgi_app(url) as (serve_url, executions),
+        httpx.Client(base_url=url, timeout=DEADLINE) as api,
+    ):
+        assert httpx.put(serve_url, timeout=DEADLINE).status_code == 200
+        send(api, f"wsgi/{kind}")
+        run = finished(api, f"wsgi-{kind}-chain")
+        assert (run["status"], run["output"], executions[0]) == ("completed", sum(range(N)), 1)
