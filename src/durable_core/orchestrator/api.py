@@ -124,6 +124,8 @@ class Api:
 
     def routes(self) -> list[Route]:
         return [
+            # First: an app posts one checkpoint per step, and routes are matched in order.
+            *CheckpointApi(self.orch, self._authorize).routes(),
             Route("/fn/register", self._guarded(self.register), methods=["POST"]),
             Route("/e/{event_key}", self._guarded(self.events_in), methods=["POST"]),
             Route("/v1/apps", self._guarded(self.apps), methods=["GET"]),
@@ -138,7 +140,6 @@ class Api:
             Route("/v1/events", self._guarded(self.events), methods=["GET", "POST"]),
             Route("/v1/signals", self._guarded(self.signal), methods=["POST"]),
             Route("/health", self._guarded(self.health), methods=["GET"]),
-            *CheckpointApi(self.orch, self._authorize).routes(),
         ]
 
     def app(
