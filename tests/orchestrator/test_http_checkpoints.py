@@ -36,6 +36,7 @@ from .conftest import DEADLINE, FINISHED, UvicornApp, wait_until
 SERVE_PATH = "/api/durable"
 KEY = "signkey-prod-0123456789abcdef0123456789abcdef"
 N = 12
+RAN: list[str] = []
 
 
 class Counted:
@@ -44,13 +45,22 @@ class Counted:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.executions = 0
+        self.active = 0  # execution requests being handled
         self.lock = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == SERVE_PATH:
+        counted = scope["type"] == "http" and scope["method"] == "POST"
+        counted = counted and scope["path"] == SERVE_PATH
+        if counted:
             with self.lock:
                 self.executions += 1
-        await self.app(scope, receive, send)
+                self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if counted:
+                with self.lock:
+                    self.active -= 1
 
 
 @contextlib.contextmanager
@@ -120,6 +130,19 @@ def chain_app(orch_url: str, **keys: Any) -> tuple[Durable, Counted]:
         # `a` succeeds on its second attempt and is checkpointed; `b`, in the same request,
         # then has its own three attempts, not what is left of `a`'s.
         return [await ctx.step.run("a", flaky, "a", 1), await ctx.step.run("b", flaky, "b", 2)]
+
+    @durable.function(id="cancelled", trigger=TriggerEvent("chain/cancel"))
+    async def cancelled(ctx: Context) -> int:
+        async def cancel_own_run() -> int:
+            async with httpx.AsyncClient(base_url=orch_url) as api:
+                res = await api.post(f"/v1/runs/{ctx.run_id}/cancel")
+                assert res.status_code == 200, res.text
+            return 1
+
+        await ctx.step.run("first", lambda: RAN.append("first") or 0)
+        await ctx.step.run("cancel", cancel_own_run)
+        await ctx.step.run("after", lambda: RAN.append("after") or 2)  # never runs
+        return 3
 
     app = FastAPI()
     Serve(app, durable, path=SERVE_PATH)
@@ -430,3 +453,15 @@ def test_a_wsgi_app_runs_a_chain_in_one_request(database_url: str, kind: str) ->
         send(api, f"wsgi/{kind}")
         run = finished(api, f"wsgi-{kind}-chain")
         assert (run["status"], run["output"], executions[0]) == ("completed", sum(range(N)), 1)
+
+
+def test_a_run_cancelled_between_two_checkpoints_stops_its_request(database_url: str) -> None:
+    """The next checkpoint gets 409 (the run is over): the request stops there."""
+    RAN.clear()
+    with standalone(database_url) as (url, _), served_app(url, dev=True) as (api, app):
+        send(api, "chain/cancel")
+        run = finished(api, "chain-cancelled")
+        assert run["status"] == "cancelled"
+        wait_until("the request to end", lambda: app.active == 0)
+        assert (RAN, app.executions) == (["first"], 1)
+        assert [s["name"] for s in run["steps"]] == ["first"]
