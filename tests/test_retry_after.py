@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from durable_core.orchestrator.answers import MAX_RETRY_AFTER_S, retry_at
+from durable_core.orchestrator.moments import MAX_RETRY_AFTER_S, retry_at
 
 NOW = 1_700_000_000_000
 

@@ -44,6 +44,13 @@ class RequestCtx(pydantic.BaseModel):
     disable_immediate_execution: bool = False
     #: The run's limits and what it has used (`_limits.Budget.to_wire`), from our orchestrator.
     limits: dict[str, Any] | None = None
+    #: The queue item this request answers; with it, steps are checkpointed over HTTP.
+    qi_id: str | None = None
+
+    @pydantic.field_validator("qi_id", mode="before")
+    @classmethod
+    def _qi_id_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 class ExecutionRequest(pydantic.BaseModel):
@@ -201,12 +208,27 @@ def execute_blocking(
     handler: Handler,
     req: ExecutionRequest,
     target: str | None,
+    *,
+    checkpoint: SyncCheckpoints | None = None,
     **senders: Unpack[Senders],
 ) -> Outcome:
-    """Run one request from sync code; async handlers get an event loop of their own."""
+    """Run one request from sync code; async handlers get an event loop of their own (whose
+    checkpoints block it: it runs this request only)."""
     if is_async(handler):
-        return run_coroutine_blocking(execute_async(fn, handler, req, target, senders["sender"]))
-    return execute_sync(fn, handler, req, target, senders["sync_sender"])
+        hooks: Checkpoints | None = None
+        if checkpoint is not None:
+            sync = checkpoint
+
+            async def record(op: JSONObject) -> None:
+                sync.record(op)
+
+            async def flush() -> None:
+                sync.flush()
+
+            hooks = Checkpoints(record=record, flush=flush)
+        coro = execute_async(fn, handler, req, target, senders["sender"], hooks)
+        return run_coroutine_blocking(coro)
+    return execute_sync(fn, handler, req, target, senders["sync_sender"], checkpoint)
 
 
 def run_coroutine_blocking(coro: Coroutine[Any, Any, T]) -> T:

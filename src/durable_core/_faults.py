@@ -19,9 +19,12 @@ The points, in the order one step's life meets them:
   leased queue items to this process has committed; none of them has started.
 - `step.ran` (`_lifecycle.py`, `Execution.returned`; the app's side): a step's
   function has returned and its result is serialized; nothing has recorded or reported it.
-- `checkpoint.committed` (`orchestrator/checkpoints.py`, `StepBuffer.flush`; in-process calls
-  only): a
-  step's result has been committed on its own, and the request goes on to the next step.
+- `checkpoint.committed` (`orchestrator/checkpoints.py`, `StepBuffer.flush`): a step's result
+  has been committed on its own (in-process, or posted by an app over HTTP), and the request
+  goes on to the next step.
+- `checkpoint.posted` (`_http_checkpoint.py`, `HttpCheckpoints`; the app's side, over HTTP):
+  the orchestrator has accepted a checkpoint of the steps the app posted; the next step has
+  not started.
 - `answer.received` (`orchestrator/dispatch.py`, `Dispatcher._request`): the app has answered a
   request; the transaction that applies the answer has not begun.
 - `answer.committed` (`orchestrator/dispatch.py`, `Dispatcher._request`): the transaction that
@@ -38,7 +41,14 @@ import signal
 import sys
 
 POINTS = frozenset(
-    {"claim.committed", "step.ran", "checkpoint.committed", "answer.received", "answer.committed"}
+    {
+        "claim.committed",
+        "step.ran",
+        "checkpoint.committed",
+        "checkpoint.posted",
+        "answer.received",
+        "answer.committed",
+    }
 )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import _serialize
 from ._durations import DurationLike, format_duration, to_iso_utc, to_timedelta
-from ._engine import Decision, Memo, Replay, StepInfo
+from ._engine import Decision, Memo, Ops, Replay, StepInfo
 from ._faults import fault
 from .errors import (
     CheckpointError,
@@ -66,6 +66,11 @@ _running_step: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar(
 explicit_parallel: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "durable_explicit_parallel", default=False
 )
+
+
+class CheckpointDeferred(Exception):
+    """A checkpoint over HTTP was not taken: the request ends at this step, answering with the
+    steps it finished (or, for a superseded request, with nothing); see `_http_checkpoint`."""
 
 
 class StopRequest(BaseException):
@@ -282,7 +287,14 @@ class StepLifecycle:
     def _stopped(self, info: StepInfo, err: Exception) -> StopRequest:
         """A checkpoint failed: the store failed, the run has ended, or the request is past
         its deadline. The request ends with that error, recorded on the replay and raised as
-        a StopRequest, so user code cannot catch it and go on without its steps stored."""
+        a StopRequest, so user code cannot catch it and go on without its steps stored. A
+        checkpoint over HTTP that was not taken ends the request with no error: its answer
+        carries the steps instead (`_http_checkpoint.HttpCheckpoints.answer`)."""
+        if isinstance(err, CheckpointDeferred):
+            self._replay.executing = None
+            if self._replay.result is None:
+                self._replay.result = Ops([])
+            return StopRequest()
         if not isinstance(err, DurableError):
             err = CheckpointError(
                 f"a step's result could not be stored when step {info.user_id!r} was reached: "

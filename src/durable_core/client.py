@@ -100,7 +100,8 @@ class Client:
             )
         return f"/e/{urllib.parse.quote(key, safe='')}"
 
-    def _api_headers(self) -> dict[str, str]:
+    def api_headers(self) -> dict[str, str]:
+        """How the app authenticates to the orchestrator's `/v1` API."""
         if not self.signing_key:
             return {}
         return {"authorization": f"Bearer {hashed_signing_key(self.signing_key)}"}
@@ -121,12 +122,12 @@ class Client:
 
     async def _post(self, path: str, body: Any, fn_id: str | None = None) -> Any:
         async with httpx.AsyncClient(timeout=None) as client:
-            response = await client.post(self._url(path), json=body, headers=self._api_headers())
+            response = await client.post(self._url(path), json=body, headers=self.api_headers())
             return self._answer(response, fn_id)
 
     def _post_sync(self, path: str, body: Any, fn_id: str | None = None) -> Any:
         with httpx.Client(timeout=None) as client:
-            response = client.post(self._url(path), json=body, headers=self._api_headers())
+            response = client.post(self._url(path), json=body, headers=self.api_headers())
             return self._answer(response, fn_id)
 
     # -- events -----------------------------------------------------------------------------

@@ -80,6 +80,7 @@ def execution_request(
     max_attempts: int,
     disable_immediate_execution: bool,
     limits: Mapping[str, int] | None = None,
+    qi_id: str | None = None,
 ) -> dict[str, Any]:
     """The JSON body the orchestrator POSTs for one request of a run.
 
@@ -87,6 +88,9 @@ def execution_request(
     maps hashed step ids to their stored results. The body holds `memos` itself, not a copy.
     `limits` (our orchestrator's extension, `ctx.limits`; other SDKs ignore it) tells the SDK
     the run's limits and what it has used, so it refuses an output before sending it.
+    `qi_id` names the queue item this request answers: an SDK that checkpoints over HTTP
+    (`POST /v1/checkpoint/{run_id}/async`) sends it back, so the orchestrator can tell a
+    current request from a superseded one.
     """
     ctx: dict[str, Any] = {
         "run_id": run_id,
@@ -98,6 +102,8 @@ def execution_request(
     }
     if limits is not None:
         ctx["limits"] = dict(limits)
+    if qi_id is not None:
+        ctx["qi_id"] = qi_id
     return {
         "event": events[0],
         "events": list(events),

@@ -5,7 +5,9 @@
   in-band (`x-inngest-sync-kind: in_band`, signed requests only) returns them. In production
   the URL registered is the configured serve origin; without one, only a signed PUT may name
   it (from its Host), since an unsigned request's Host header is whatever its sender says.
-- POST `?fnId=<id>&stepId=<step>`: execute one request of a run.
+- POST `?fnId=<id>&stepId=<step>`: execute one request of a run; when the orchestrator names
+  the request's queue item (`ctx.qi_id`), its steps are checkpointed over HTTP as they finish
+  (`_http_checkpoint.py`), so one request runs a chain of steps.
 
 Signatures are checked before a body is parsed, and bodies are parsed within the limits of
 `_bounded_json` (10 MiB, 128 levels for an execution request); every refusal is a 4xx JSON
@@ -28,6 +30,7 @@ import pydantic
 from . import _bounded_json, signing
 from ._driver import Outcome, Raised
 from ._execute import ExecutionRequest, execute, execute_blocking, to_wire
+from ._http_checkpoint import HttpCheckpoints
 from .app import Durable
 from .errors import ConfigError, ServeErrorCode, SignatureError
 from .events import Event
@@ -127,10 +130,18 @@ class ServeHandler:
             return self._finish(plan, None)
         if isinstance(plan, _Sync):
             return self._finish(await self._sync_out_of_band(plan), plan.key)
-        outcome = await execute(
-            plan.fn, plan.handler, plan.body, plan.target,
-            sender=self._sender, sync_sender=self._sync_sender,
-        )  # fmt: skip
+        steps = self._checkpoints(plan)
+        try:
+            outcome = await execute(
+                plan.fn, plan.handler, plan.body, plan.target,
+                sender=self._sender, sync_sender=self._sync_sender,
+                checkpoint=steps.hooks() if steps else None,
+            )  # fmt: skip
+            if steps is not None:
+                outcome = await steps.answer(outcome)
+        finally:
+            if steps is not None:
+                steps.close()
         return self._finish(self._outcome(plan, outcome), plan.key)
 
     def _handle_sync(self, req: Request) -> Response:
@@ -139,11 +150,26 @@ class ServeHandler:
             return self._finish(plan, None)
         if isinstance(plan, _Sync):
             return self._finish(self._sync_out_of_band_blocking(plan), plan.key)
-        outcome = execute_blocking(
-            plan.fn, plan.handler, plan.body, plan.target,
-            sender=self._sender, sync_sender=self._sync_sender,
-        )  # fmt: skip
+        steps = self._checkpoints(plan)
+        try:
+            outcome = execute_blocking(
+                plan.fn, plan.handler, plan.body, plan.target,
+                sender=self._sender, sync_sender=self._sync_sender,
+                checkpoint=steps.sync_hooks() if steps else None,
+            )  # fmt: skip
+            if steps is not None:
+                outcome = steps.answer_sync(outcome)
+        finally:
+            if steps is not None:
+                steps.close()
         return self._finish(self._outcome(plan, outcome), plan.key)
+
+    def _checkpoints(self, plan: _Execution) -> HttpCheckpoints | None:
+        """Checkpoints over HTTP, when the orchestrator named the request's queue item."""
+        ctx, d = plan.body.ctx, self.durable
+        if ctx.qi_id is None or plan.target is not None or d.local is not None:
+            return None
+        return HttpCheckpoints(d.orchestrator_url, ctx, plan.fn.id, d.api_headers())
 
     # -- routing ------------------------------------------------------------------------------
 

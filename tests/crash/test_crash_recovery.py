@@ -62,8 +62,8 @@ EMBEDDED_POINTS = [
     "answer.received:60",
     "answer.committed:60",
 ]
-# Over HTTP every step is a request of its own; `checkpoint.committed` (in-process calls) and
-# `step.ran` (in the app) are not reached by the orchestrator.
+# Over HTTP the app checkpoints a chain of steps in one request; `step.ran` (in the app) is not
+# reached by the orchestrator.
 STANDALONE_POINTS = ["claim.committed:10", "answer.received:100", "answer.committed:100"]
 
 

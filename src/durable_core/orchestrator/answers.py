@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import email.utils
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from ..protocol import Header, Opcode, SystemEvent
 from . import expressions, gateway, lifecycle, limits
 from .flow_options import duration_ms
 from .ids import new_id
+from .moments import parse_time, retry_at
 from .store import HistoryRecord, ItemKind, QueueItem, RunRecord, RunStatus, WaitRecord, now_ms
 from .transport import CallResult
 from .unit import Unit
@@ -32,33 +32,6 @@ WAIT_DEFAULT_MS = 7 * 24 * 3600 * 1000  # a wait without a timeout
 
 def _ms(duration: str | None, default_ms: int) -> int:
     return duration_ms(duration) if duration else default_ms
-
-
-def parse_time(text: str) -> int | None:
-    """Milliseconds since the epoch of an ISO 8601 time (UTC when it names no zone)."""
-    try:
-        moment = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=_dt.UTC)
-    return int(moment.timestamp() * 1000)
-
-
-MAX_RETRY_AFTER_S = 365 * 24 * 3600  # a later `retry-after` is taken as this
-
-
-def retry_at(header: str, now: int) -> int | None:
-    """When a `retry-after` header (seconds, or an HTTP or ISO date) allows the retry; None
-    when it says nothing usable, so the backoff applies."""
-    text = header.strip()
-    if text.isascii() and text.isdigit():  # `isdigit` alone accepts digits like "²"
-        return now + min(int(text), MAX_RETRY_AFTER_S) * 1000
-    at = parse_time(text) if text else None
-    if at is None and text:
-        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-            at = int(email.utils.parsedate_to_datetime(text).timestamp() * 1000)
-    return None if at is None else min(at, now + MAX_RETRY_AFTER_S * 1000)
 
 
 async def apply(
@@ -174,6 +147,7 @@ class _Answer:
     # Ops answered at once (an invoke of an unknown function, a signal already waited for):
     # resolved after the whole batch is pending, so fan-in counts every op.
     immediate: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    #: The run has ended (failed, or completed by RunComplete): later ops are not applied.
     failed: bool = False
     again: bool = False  # the app asked to be called again (`DiscoveryRequest`)
 
@@ -203,8 +177,8 @@ async def _step_ran(a: _Answer, op: _Op) -> None:
     rec = HistoryRecord(
         a.run.run_id, op.step, op.name, op.kind, a.item.attempt, a.started, a.now, data, error
     )
-    await a.unit.tx.add_history(rec)
     if op.kind == Opcode.STEP_ERROR:
+        await a.unit.tx.add_history(rec)
         when = a.now + lifecycle.delay_ms(a.unit, a.item.attempt)
         at = retry_at(a.retry_after, a.now)
         await _retry(a.unit, a.item, a.run, when if at is None else max(at, a.now))
@@ -212,9 +186,16 @@ async def _step_ran(a: _Answer, op: _Op) -> None:
         return
     memo = {"data": data} if op.kind == Opcode.STEP_RUN else {"error": error}
     if a.item.kind is ItemKind.STEP:
+        await a.unit.tx.add_history(rec)
         await lifecycle.resolve(a.unit, a.run.run_id, op.step, memo)
-    else:
-        await a.unit.tx.put_memo(a.run.run_id, op.step, memo)
+    elif await a.unit.tx.put_memo(a.run.run_id, op.step, memo):  # once, if checkpointed too
+        await a.unit.tx.add_history(rec)
+
+
+async def _run_complete(a: _Answer, op: _Op) -> None:
+    """RunComplete: the function returned `data`, after the steps before it in the answer."""
+    await lifecycle.finish(a.unit, a.run, RunStatus.COMPLETED, output=op.raw.get("data"))
+    a.failed = True  # the run has ended: nothing after this op applies
 
 
 async def _planned(a: _Answer, op: _Op) -> None:
@@ -306,12 +287,6 @@ async def _invoke(a: _Answer, op: _Op) -> None:
         await a.timer(op.step, now_ms() + _ms(timeout, 0), {"memo": {"error": err}})
     a.waiting.append(op.step)
     a.reasons.append(f"waiting for invoked run {child} of {fn_id}")
-
-
-async def _run_complete(a: _Answer, op: _Op) -> None:
-    """RunComplete: the SDK ends the run with its output (after the steps before it)."""
-    await lifecycle.finish(a.unit, a.run, RunStatus.COMPLETED, output=op.raw.get("data"))
-    a.failed = True  # the run has ended: no op after this one applies
 
 
 async def _gateway(a: _Answer, op: _Op) -> None:

@@ -10,6 +10,7 @@
     POST /v1/functions/{function_id}/invoke   {"data": {...}, "wait": bool, "timeout": seconds}
     POST /v1/signals                       {"signal": name, "data": ...}
     POST /v1/checkpoint, /v1/checkpoint/{run_id}/steps   runs of durable endpoints (`api_endpoints`)
+    POST /v1/checkpoint/{run_id}/async     steps of a request in flight (`api_checkpoint.py`)
 
 Every error is JSON, `{"error": "...", "status": N}` naming the problem: 400 for a bad body or
 parameter, 413 for a body over 10 MiB, 404 for an unknown id, 401 without the right key, 503
@@ -38,6 +39,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import signing
+from .api_checkpoint import CheckpointApi
 from .api_endpoints import EndpointCheckpoints
 from .api_http import MAX_BODY, JsonAnswer, guarded, http_exception, read_json
 from .api_input import (
@@ -124,6 +126,8 @@ class Api:
 
     def routes(self) -> list[Route]:
         return [
+            # First: an app posts one checkpoint per step, and routes are matched in order.
+            *CheckpointApi(self.orch, self._authorize).routes(),
             Route("/fn/register", self._guarded(self.register), methods=["POST"]),
             Route("/e/{event_key}", self._guarded(self.events_in), methods=["POST"]),
             Route("/v1/apps", self._guarded(self.apps), methods=["GET"]),

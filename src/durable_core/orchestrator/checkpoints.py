@@ -1,9 +1,13 @@
-"""The steps one in-process request finishes, made durable one by one.
+"""The steps one request finishes, made durable one by one.
 
 Each step is recorded when it finishes and made durable just before the next step runs (or
 with the request's answer), so each result is stored before anything else happens, with one
-commit per step and none extra for the last. Limits need no check here: the steps come from
-this process's own SDK, which refuses a step over the run's limits before it reports it.
+commit per step and none extra for the last. In-process, the SDK calls `record` and `flush`
+itself, and limits need no check here: this process's own SDK refuses a step over the run's
+limits before it reports it. Over HTTP, the SDK posts the steps it finished to the checkpoint
+API (`api_checkpoint.py`), which `admit`s each (against the run's limits, in `budget`), then
+records and flushes them here; such a buffer checks with every step stored that the
+request's queue item is still leased (`leased`), so a superseded request stores nothing.
 
 A checkpoint that fails ends the request (the SDK raises it as control flow, past the user's
 `except Exception`): a store error the store calls transient is first tried again a few
@@ -19,6 +23,7 @@ import random
 from typing import Any
 
 from .._faults import fault
+from .._limits import Budget
 from ..errors import CheckpointError, RunCancelledError
 from .store import FunctionRecord, HistoryRecord, QueueItem, Store, now_ms
 from .watch import Watchers
@@ -34,11 +39,16 @@ class StepBuffer:
         watchers: Watchers,
         item: QueueItem,
         fn: FunctionRecord,
+        budget: Budget | None = None,
+        leased: bool = False,
     ) -> None:
         self.store = store
         self.watchers = watchers
         self.item = item
         self.fn = fn
+        #: What the run may still store (steps checkpointed over HTTP spend it).
+        self.budget = budget or Budget()
+        self.leased = leased
         self.count = 0
         self.buffer: list[tuple[HistoryRecord, dict[str, Any]]] = []
         self.closed: str | None = None
@@ -51,6 +61,13 @@ class StepBuffer:
         if self.closed is not None:
             raise CheckpointError(f"the request of run {self.item.run_id} {self.closed}")
 
+    def admit(self, op: dict[str, Any]) -> None:
+        """Check a step an SDK sent over HTTP against the run's limits (LimitExceededError)
+        and count it."""
+        name = op.get("displayName") or op.get("name") or op.get("id")
+        self.budget.store(f"the output of step {name!r}", op.get("data"))
+        self.budget.add_steps(1)
+
     async def record(self, op: dict[str, Any]) -> None:
         self._check_open()
         now = now_ms()
@@ -60,7 +77,7 @@ class StepBuffer:
         rec = HistoryRecord(
             self.item.run_id,
             op["id"],
-            op["displayName"],
+            str(op.get("displayName") or op.get("name") or op["id"]),
             op["op"],
             attempt,
             op.get("started_at", now),
@@ -71,7 +88,7 @@ class StepBuffer:
         details = {
             "run_id": self.item.run_id,
             "fn_id": self.fn.fn_id,
-            "step": op["displayName"],
+            "step": rec.name,
             "op": op["op"],
             "data": data,
         }
@@ -89,6 +106,8 @@ class StepBuffer:
     async def _store(self, rec: HistoryRecord, memo: dict[str, Any]) -> bool:
         for attempt in range(ATTEMPTS):
             try:
+                if self.leased:
+                    return await self.store.checkpoint(rec, memo, self.item.id)
                 return await self.store.checkpoint(rec, memo)
             except Exception as err:
                 if attempt + 1 < ATTEMPTS and self.store.transient(err):

@@ -22,7 +22,7 @@ from .._limits import Budget, RunLimits, Usage
 from .._steps import Checkpoints
 from ..errors import RunErrorName, run_error
 from ..protocol import execution_request
-from . import answers, claiming, gateway, intake, lifecycle, limits, timers
+from . import answers, claiming, gateway, intake, lifecycle, limits, moments, timers
 from .checkpoints import StepBuffer
 from .gateway import GatewayClient, GatewayRequest
 from .registry import Registry
@@ -72,6 +72,9 @@ class Dispatcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
         self._reserved = 0  # slots promised to runs taken in units not yet committed
+        #: The steps of each HTTP request in flight, by queue item id: the checkpoint API
+        #: stores what the app posts for that request through them.
+        self.requests: dict[int, StepBuffer] = {}
 
     # -- units of work ----------------------------------------------------------------------
 
@@ -241,7 +244,7 @@ class Dispatcher:
                 outcome = await self.gateway.perform(req, bounds, Usage.of(memos))
         finally:
             renew.cancel()
-        at = answers.retry_at(outcome.retry_after, now_ms()) if outcome.retry_after else None
+        at = moments.retry_at(outcome.retry_after, now_ms()) if outcome.retry_after else None
         await self.atomic(lambda unit: gateway.apply(unit, item, outcome, fn.retries + 1, at))
         self._wake.set()
         if outcome.memo is not None:
@@ -260,14 +263,21 @@ class Dispatcher:
         bounds = limits.for_function(fn, self.limits.run)
         used = Usage.of(memos)
         request = _request_body(run, item, memos, fn.retries, Budget(bounds, used))
-        steps = StepBuffer(self.store, self.watchers, item, fn)
+        http = not self.inproc.serves(fn.url)
+        budget = Budget(bounds, dataclasses.replace(used))
+        steps = StepBuffer(self.store, self.watchers, item, fn, budget, leased=http)
         result = await self._call(fn, item, request, steps, bounds.answer_bound)
         if steps.count:  # steps were checkpointed: the answer reports a later step's attempt
             item = dataclasses.replace(item, attempt=0)
-        answered = item
         fault("answer.received")
 
         async def body(unit: Unit) -> RunRecord | None:
+            answered = item
+            if http and item.attempt and not steps.count:
+                # Another process may have taken a checkpoint of this request (and reset it).
+                stored = await unit.tx.get_item(item.id)
+                if stored is not None and stored.attempt == 0:
+                    answered = dataclasses.replace(item, attempt=0)
             current = await unit.tx.lock_run(run.run_id)
             if current is None or current.status.finished:
                 await unit.tx.delete_item(answered.id)
@@ -275,7 +285,7 @@ class Dispatcher:
             for rec, memo in steps.buffer:  # finished steps not yet stored: now, with the answer
                 if await unit.tx.put_memo(rec.run_id, rec.step, memo):
                     await unit.tx.add_history(rec)
-            await answers.apply(unit, answered, current, result, started, bounds, used)
+            await answers.apply(unit, answered, current, result, started, bounds, budget.usage)
             return unit.finished_run(run.run_id) or current
 
         after = await self.atomic(body)
@@ -297,12 +307,15 @@ class Dispatcher:
             if self.inproc.serves(fn.url):
                 hooks = Checkpoints(record=steps.record, flush=steps.flush)
                 return await self._in_process(Call(fn, target, request, hooks), steps)
+            self.requests[item.id] = steps
             return await self.http.call(Call(fn, target, request, max_body=max_body))
         except Exception as err:
             _log.exception("calling %s failed", fn.fn_id)
             return CallResult(500, {}, {"name": type(err).__name__, "message": str(err)})
         finally:
             renew.cancel()
+            if self.requests.get(item.id) is steps:
+                del self.requests[item.id]
 
     async def _in_process(self, call: Call, steps: StepBuffer) -> CallResult:
         """An in-process call, with the deadline an HTTP call has: past it, the request is
@@ -360,4 +373,5 @@ def _request_body(
             item.payload and item.payload.get("disable_immediate_execution")
         ),
         limits=budget.to_wire(),
+        qi_id=str(item.id),
     )

@@ -310,7 +310,7 @@ class Embedded:
         return self.orchestrator
 
     async def _forward_json(self, path: str, body: Any) -> Any:
-        headers = {"content-type": "application/json", **self.durable._api_headers()}
+        headers = {"content-type": "application/json", **self.durable.api_headers()}
         try:
             status, _, raw = await local_socket.forward_async(
                 self.socket_path, "POST", path, "", headers, json.dumps(body).encode()

@@ -58,7 +58,9 @@ class Orchestrator:
         settings = Limits(
             tuple(backoff), concurrency, lease_ms, poll_interval, self.run_limits, request_timeout
         )
-        http = HttpTransport(signing_key=signing_key, timeout=request_timeout)
+        http = HttpTransport(
+            signing_key=signing_key, timeout=request_timeout, connections=concurrency
+        )
         self.dispatcher = Dispatcher(store, self.functions, self.watchers, settings, http)
         self.scheduler = Scheduler(self.dispatcher, self.functions)
         self._background: set[asyncio.Task[None]] = set()

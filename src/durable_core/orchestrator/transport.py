@@ -1,7 +1,8 @@
 """How the orchestrator calls an app: one method, two implementations.
 
-- `HttpTransport`: httpx, the body as signed JCS canonical JSON, with a timeout; an answer is
-  read only up to the call's `max_body` (streamed: a longer one is dropped unread).
+- `HttpTransport`: one httpx client (its connections to apps kept alive, as many as the
+  dispatcher runs requests at once), the body as signed JCS canonical JSON, with a timeout; an
+  answer is read only up to the call's `max_body` (streamed: a longer one is dropped unread).
 - `InProcessTransport`: the app shares the process; call the core executor directly (no HTTP,
   no JSON), and let the SDK checkpoint each finished step straight into the store.
 """
@@ -26,6 +27,7 @@ from .store import FunctionRecord
 
 Checkpoint = Checkpoints
 INPROC_SCHEME = "inproc"
+SHARD = 8  # connections per httpx client of `HttpTransport`
 
 
 @dataclasses.dataclass(slots=True)
@@ -64,9 +66,19 @@ def step_url(url: str, target: str | None) -> str:
 
 
 class HttpTransport:
-    def __init__(self, *, signing_key: str | None = None, timeout: float = 300.0) -> None:
+    def __init__(
+        self, *, signing_key: str | None = None, timeout: float = 300.0, connections: int = 64
+    ) -> None:
         self._signing_key = signing_key
-        self._client = httpx.AsyncClient(timeout=timeout)
+        # Connections to apps are kept and reused: as many as requests may run at once (the
+        # dispatcher's concurrency), every one of them kept alive. They are spread over a few
+        # clients of up to SHARD connections each: httpx's pool scans every connection of a
+        # client for each request, which with dozens of connections cost more than the call.
+        shards = max(1, -(-connections // SHARD))
+        per = -(-connections // shards)
+        limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
+        self._clients = [httpx.AsyncClient(timeout=timeout, limits=limits) for _ in range(shards)]
+        self._next = 0
 
     async def call(self, call: Call) -> CallResult:
         fn, body = call.fn, bytes(rfc8785.dumps(call.request))
@@ -80,7 +92,9 @@ class HttpTransport:
             headers[Header.SIGNATURE] = signing.sign(body, self._signing_key)
         try:
             url = step_url(fn.url, call.target)
-            async with self._client.stream("POST", url, content=body, headers=headers) as res:
+            client = self._clients[self._next]
+            self._next = (self._next + 1) % len(self._clients)
+            async with client.stream("POST", url, content=body, headers=headers) as res:
                 status, got = res.status_code, {k.lower(): v for k, v in res.headers.items()}
                 raw = await _read(res, call.max_body)
         except httpx.HTTPError as err:
@@ -100,7 +114,8 @@ class HttpTransport:
         return CallResult(status, got, parsed)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for client in self._clients:
+            await client.aclose()
 
 
 async def _read(res: httpx.Response, bound: int | None) -> bytes | None:

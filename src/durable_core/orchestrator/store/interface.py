@@ -80,6 +80,11 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     async def get_memos(self, run_id: str) -> dict[str, Any]: ...
     @abc.abstractmethod
+    async def memo_usage(self, run_id: str) -> tuple[int, int]:
+        """How many step results the run has stored, and their size (`_limits.Usage`),
+        counted by the database."""
+
+    @abc.abstractmethod
     async def add_pending(self, run_id: str, steps: list[str]) -> None: ...
     @abc.abstractmethod
     async def remove_pending(self, run_id: str, step: str) -> int:
@@ -149,6 +154,12 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     async def extend_lease(self, item_id: int, until: int) -> None: ...
     @abc.abstractmethod
+    async def get_item(self, item_id: int) -> QueueItem | None: ...
+    @abc.abstractmethod
+    async def reset_attempt(self, item_id: int) -> None:
+        """A step of the item's request finished: its answer counts attempts afresh."""
+
+    @abc.abstractmethod
     async def delete_item(self, item_id: int) -> bool:
         """Consume a queue item; False if it was gone (another worker consumed it)."""
 
@@ -196,9 +207,10 @@ class Store(abc.ABC):
     def transaction(self) -> AbstractAsyncContextManager[Tx]: ...
 
     @abc.abstractmethod
-    async def checkpoint(self, rec: HistoryRecord, memo: Any) -> bool:
+    async def checkpoint(self, rec: HistoryRecord, memo: Any, leased: int | None = None) -> bool:
         """Store one finished step (memo, first write wins, and its history) on its own, at
-        once; False if the run has ended (or is gone)."""
+        once; False if the run has ended (or is gone), or with `leased`, if that queue item
+        of the run is gone or no longer leased (its request was superseded)."""
 
     @abc.abstractmethod
     def snapshot(self) -> AbstractAsyncContextManager[Tx]:

@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from ...errors import ConfigError
 from .dialect import Dialect
 from .interface import Notify, Store, Tx
-from .records import ENDED_SQL, HistoryRecord, dump
+from .records import ENDED_SQL, HistoryRecord, dump, now_ms
 from .schema import migrations, statements
 from .sql import SqlTx
 
@@ -184,12 +184,18 @@ class PostgresStore(Store):
             for what in tx.notify:
                 await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, what))
 
-    async def checkpoint(self, rec: HistoryRecord, memo: Any) -> bool:
+    async def checkpoint(self, rec: HistoryRecord, memo: Any, leased: int | None = None) -> bool:
         # One statement, so one round trip and its own commit.
+        lease = ""
+        if leased is not None:  # and the request's queue item is still leased for the run
+            lease = (
+                " AND EXISTS (SELECT 1 FROM queue WHERE id=%(q)s AND run_id=%(r)s"
+                " AND lease_until>=%(now)s)"
+            )
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "WITH ok AS (SELECT 1 FROM runs WHERE run_id=%(r)s"
-                f"   AND status NOT IN {ENDED_SQL}),"
+                f"   AND status NOT IN {ENDED_SQL}{lease}),"
                 " m AS (INSERT INTO memos SELECT %(r)s, %(s)s, %(memo)s, %(seq)s FROM ok ON CONFLICT DO NOTHING RETURNING 1),"
                 " h AS (INSERT INTO history (run_id, step, name, op, attempt, started_at, ended_at, output)"
                 "   SELECT %(r)s, %(s)s, %(name)s, %(op)s, %(attempt)s, %(start)s, %(end)s, %(out)s FROM m)"
@@ -198,6 +204,7 @@ class PostgresStore(Store):
                     "r": rec.run_id, "s": rec.step, "memo": dump(memo), "seq": time.time_ns(), "name": rec.name, "op": rec.op,
                     "attempt": rec.attempt, "start": rec.started_at, "end": rec.ended_at,
                     "out": None if rec.output is None else dump(rec.output),
+                    "q": leased, "now": now_ms(),
                 },
             )  # fmt: skip
             row = await cur.fetchone()

@@ -127,6 +127,11 @@ class QueueItem:
     #: `t` throttle [key, limit, period ms, burst, label], `p` priority in ms, `w` set once the
     #: item has waited (its run's reason then says why).
     flow: dict[str, Any] | None = None
+    #: Until when a worker holds it (None: not leased).
+    lease_until: int | None = None
+
+    def leased(self, now: int) -> bool:
+        return self.lease_until is not None and self.lease_until >= now
 
 
 @dataclasses.dataclass(slots=True)
@@ -245,6 +250,7 @@ def item_from_row(r: Row) -> QueueItem:
         r["available_at"],
         load(r["payload"]),
         load(r["flow"]),
+        r["lease_until"],
     )
 
 

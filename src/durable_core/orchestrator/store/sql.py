@@ -213,6 +213,17 @@ class SqlTx(QueueSql, Tx):
         sql = "INSERT INTO memos (run_id, step, memo, seq) VALUES (?,?,?,?) ON CONFLICT DO NOTHING"
         return await self.db.count(sql, (run_id, step, dump(memo), time.time_ns())) == 1
 
+    async def memo_usage(self, run_id: str) -> tuple[int, int]:
+        # A memo is stored as compact JSON: `{"data":<output>}` is 9 characters more than
+        # the output `_limits.memo_size` counts (an error's 10, close enough for a limit).
+        row = await self.db.one(
+            "SELECT count(*) AS n, coalesce(sum(length(memo)), 0) AS size FROM memos"
+            " WHERE run_id=?",
+            (run_id,),
+        )
+        count, size = (int(row["n"]), int(row["size"])) if row is not None else (0, 0)
+        return count, max(0, size - 9 * count)
+
     async def get_memos(self, run_id: str) -> dict[str, Any]:
         # In the order they were stored (memos from before `seq` existed first, by step).
         sql = "SELECT step, memo FROM memos WHERE run_id=? ORDER BY COALESCE(seq, 0), step"

@@ -89,6 +89,13 @@ class QueueSql:
         sql = "UPDATE queue SET lease_until=?, lease_owner=? WHERE id=?"
         await self.db.count(sql, (until, self.owner, item_id))
 
+    async def get_item(self, item_id: int) -> QueueItem | None:
+        row = await self.db.one("SELECT * FROM queue WHERE id=?", (item_id,))
+        return None if row is None else item_from_row(row)
+
+    async def reset_attempt(self, item_id: int) -> None:
+        await self.db.count("UPDATE queue SET attempt=0 WHERE id=? AND attempt<>0", (item_id,))
+
     async def delete_item(self, item_id: int) -> bool:
         return await self.db.count("DELETE FROM queue WHERE id=?", (item_id,)) == 1
 

@@ -19,7 +19,7 @@ from typing import Any
 from ...errors import StoreLockedError
 from .dialect import Dialect
 from .interface import Store, Tx
-from .records import HistoryRecord
+from .records import HistoryRecord, now_ms
 from .schema import migrations, statements
 from .sql import SqlTx
 
@@ -128,11 +128,15 @@ class SqliteStore(Store):
     def transaction(self) -> AbstractAsyncContextManager[Tx]:
         return _Held(self, begin=True)
 
-    async def checkpoint(self, rec: HistoryRecord, memo: Any) -> bool:
+    async def checkpoint(self, rec: HistoryRecord, memo: Any, leased: int | None = None) -> bool:
         async with self.transaction() as tx:
             status = await tx.run_status(rec.run_id)
             if status is None or status.finished:
                 return False
+            if leased is not None:
+                item = await tx.get_item(leased)
+                if item is None or item.run_id != rec.run_id or not item.leased(now_ms()):
+                    return False
             if await tx.put_memo(rec.run_id, rec.step, memo):
                 await tx.add_history(rec)
             return True
