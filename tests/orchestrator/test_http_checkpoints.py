@@ -389,6 +389,47 @@ def test_a_checkpoint_reaching_another_process_is_stored_from_the_store(
         assert checkpoint(api_b, body, step_op("c", 3)).status_code == 409
 
 
+def set_lease(database_url: str, item_id: int, assignments: str) -> None:
+    """Change a queue item's lease in the store directly, as time or another process would."""
+
+    async def change() -> None:
+        store = open_store(database_url)
+        await store.open()
+        try:
+            async with store.transaction() as tx:
+                await tx.db.count(f"UPDATE queue SET {assignments} WHERE id=?", (item_id,))  # type: ignore[attr-defined]
+        finally:
+            await store.close()
+
+    asyncio.run(change())
+
+
+def test_a_late_lease_renewal_is_no_stale_dispatch_but_a_takeover_is(
+    database_url: str, held: HeldApp
+) -> None:
+    """A lease that ran out while its process still holds the item (a renewal that came late)
+    loses no step; once another process has taken the item, the old request gets 409."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("a SQLite store has one orchestrator process")
+    with (
+        standalone(database_url) as (url_a, _),
+        standalone(database_url) as (url_b, _),
+        httpx.Client(base_url=url_a) as api_a,
+        httpx.Client(base_url=url_b) as api_b,
+    ):
+        body = start_held(api_a, held, "late")
+        item_id = int(str(body["ctx"]["qi_id"]).partition(".")[0])
+        set_lease(database_url, item_id, "lease_until=1")  # ran out long ago, still its owner's
+        assert checkpoint(api_a, body, step_op("a", 1)).status_code == 200  # the dispatcher
+        assert checkpoint(api_b, body, step_op("b", 2)).status_code == 200  # another process
+        set_lease(database_url, item_id, "lease_owner='0123abcd'")  # taken over
+        for api in (api_a, api_b):
+            res = checkpoint(api, body, step_op("c", 3))
+            assert res.status_code == 409, res.text
+        set_lease(database_url, item_id, "lease_until=NULL, lease_owner=NULL")  # released
+        assert checkpoint(api_b, body, step_op("c", 3)).status_code == 409
+
+
 def test_a_step_after_a_checkpointed_retry_gets_all_its_attempts(database_url: str) -> None:
     with standalone(database_url) as (url, _), served_app(url, dev=True) as (api, _app):
         send(api, "chain/flaky")

@@ -56,11 +56,18 @@ class CheckpointIn(pydantic.BaseModel):
     steps: list[StepIn]
 
 
-def _item_id(qi_id: str | int) -> int:
-    text = str(qi_id)
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
+def _item_id(qi_id: str | int) -> tuple[int, str | None]:
+    """The queue item and the process that dispatched it (`<id>` or `<id>.<owner>`)."""
+    text, _, owner = str(qi_id).partition(".")
+    if (
+        not text.isascii()
+        or not text.isdigit()
+        or len(text) > 18
+        or len(owner) > 64
+        or not all(c in "0123456789abcdef" for c in owner)
+    ):
         raise Problem(400, f"checkpoint: qi_id: {qi_id!r} is not a queue item of this orchestrator")
-    return int(text)
+    return int(text), owner or None
 
 
 def _stale(run_id: str, why: str) -> Problem:
@@ -92,11 +99,11 @@ class CheckpointApi:
                     f"{step.op!r}; send it in the request's answer",
                 )
             no_nul(step.id, f"checkpoint: steps.{i}.id")
-        item_id = _item_id(body.qi_id)
+        item_id, owner = _item_id(body.qi_id)
         buffer = self.orch.dispatcher.requests.get(item_id)
         foreign = buffer is None or buffer.item.run_id != run_id
         if buffer is None or foreign:
-            buffer = await self._foreign(run_id, item_id)
+            buffer = await self._foreign(run_id, item_id, owner)
         ops = [step.model_dump(exclude_none=True) | {"data": step.data} for step in body.steps]
         saved = dataclasses.replace(buffer.budget.usage)
         try:
@@ -120,7 +127,7 @@ class CheckpointApi:
                 await tx.reset_attempt(item_id)
         return JsonAnswer({"ok": True, "steps": len(ops)})
 
-    async def _foreign(self, run_id: str, item_id: int) -> StepBuffer:
+    async def _foreign(self, run_id: str, item_id: int, owner: str | None) -> StepBuffer:
         """A buffer for a request this process did not dispatch (or no longer runs), if that
         request is current as the store sees it."""
         async with self.orch.store.snapshot() as tx:
@@ -138,7 +145,7 @@ class CheckpointApi:
             raise _stale(run_id, f"is of function {run.fn_id!r}, which is no longer registered")
         bounds = limits.for_function(fn, self.orch.dispatcher.limits.run)
         budget = Budget(bounds, Usage(*used))
-        return StepBuffer(self.orch.store, self.orch.watchers, item, fn, budget, leased=True)
+        return StepBuffer(self.orch.store, self.orch.watchers, item, fn, budget, True, owner)
 
 
 __all__ = ["PATH", "CheckpointApi", "CheckpointIn"]

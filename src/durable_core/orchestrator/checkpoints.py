@@ -41,6 +41,7 @@ class StepBuffer:
         fn: FunctionRecord,
         budget: Budget | None = None,
         leased: bool = False,
+        owner: str | None = None,
     ) -> None:
         self.store = store
         self.watchers = watchers
@@ -49,6 +50,8 @@ class StepBuffer:
         #: What the run may still store (steps checkpointed over HTTP spend it).
         self.budget = budget or Budget()
         self.leased = leased
+        #: The process that dispatched the request (`Store.checkpoint`), where known.
+        self.owner = owner
         self.count = 0
         self.buffer: list[tuple[HistoryRecord, dict[str, Any]]] = []
         self.closed: str | None = None
@@ -107,7 +110,7 @@ class StepBuffer:
         for attempt in range(ATTEMPTS):
             try:
                 if self.leased:
-                    return await self.store.checkpoint(rec, memo, self.item.id)
+                    return await self.store.checkpoint(rec, memo, self.item.id, self.owner)
                 return await self.store.checkpoint(rec, memo)
             except Exception as err:
                 if attempt + 1 < ATTEMPTS and self.store.transient(err):

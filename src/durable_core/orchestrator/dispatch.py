@@ -262,10 +262,15 @@ class Dispatcher:
         started = now_ms()
         bounds = limits.for_function(fn, self.limits.run)
         used = Usage.of(memos)
-        request = _request_body(run, item, memos, fn.retries, Budget(bounds, used))
+        owner = self.store.owner
+        request = _request_body(run, item, memos, fn.retries, Budget(bounds, used), owner)
         http = not self.inproc.serves(fn.url)
         budget = Budget(bounds, dataclasses.replace(used))
-        steps = StepBuffer(self.store, self.watchers, item, fn, budget, leased=http)
+        # Over HTTP, a step is stored only while the item is still this process's (another
+        # may have taken it over if a renewal came too late); a store one process owns needs
+        # no such check.
+        leased = http and owner is not None
+        steps = StepBuffer(self.store, self.watchers, item, fn, budget, leased, owner)
         result = await self._call(fn, item, request, steps, bounds.answer_bound)
         if steps.count:  # steps were checkpointed: the answer reports a later step's attempt
             item = dataclasses.replace(item, attempt=0)
@@ -359,9 +364,15 @@ class Dispatcher:
 
 
 def _request_body(
-    run: RunRecord, item: QueueItem, memos: dict[str, Any], retries: int, budget: Budget
+    run: RunRecord,
+    item: QueueItem,
+    memos: dict[str, Any],
+    retries: int,
+    budget: Budget,
+    owner: str | None,
 ) -> dict[str, Any]:
-    """The execution request for `item` of `run` (PROTOCOL.md section 4)."""
+    """The execution request for `item` of `run` (PROTOCOL.md section 4); its `qi_id` names
+    the item and, on a shared store, the process that dispatched it."""
     return execution_request(
         run_id=run.run_id,
         fn_id=run.fn_id,
@@ -373,5 +384,5 @@ def _request_body(
             item.payload and item.payload.get("disable_immediate_execution")
         ),
         limits=budget.to_wire(),
-        qi_id=str(item.id),
+        qi_id=str(item.id) if owner is None else f"{item.id}.{owner}",
     )

@@ -192,6 +192,8 @@ Notify = Callable[[str], None]
 class Store(abc.ABC):
     #: Whether several orchestrator processes may share this store.
     shared: bool = False
+    #: The tag of this process's leases, where several processes share the store.
+    owner: str | None = None
 
     def transient(self, err: BaseException) -> bool:
         """Whether a failed transaction may simply be run again (a deadlock, say)."""
@@ -207,10 +209,15 @@ class Store(abc.ABC):
     def transaction(self) -> AbstractAsyncContextManager[Tx]: ...
 
     @abc.abstractmethod
-    async def checkpoint(self, rec: HistoryRecord, memo: Any, leased: int | None = None) -> bool:
+    async def checkpoint(
+        self, rec: HistoryRecord, memo: Any, leased: int | None = None, owner: str | None = None
+    ) -> bool:
         """Store one finished step (memo, first write wins, and its history) on its own, at
         once; False if the run has ended (or is gone), or with `leased`, if that queue item
-        of the run is gone or no longer leased (its request was superseded)."""
+        of the run is gone or its request was superseded: with `owner` (the process that
+        dispatched it), the item is now another process's or released; without, its lease
+        has run out. A lease that ran out while its owner still holds the item is no sign of
+        a superseded request (a renewal that came late), so the owner is the test."""
 
     @abc.abstractmethod
     def snapshot(self) -> AbstractAsyncContextManager[Tx]:

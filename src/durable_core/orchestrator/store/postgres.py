@@ -184,14 +184,14 @@ class PostgresStore(Store):
             for what in tx.notify:
                 await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, what))
 
-    async def checkpoint(self, rec: HistoryRecord, memo: Any, leased: int | None = None) -> bool:
+    async def checkpoint(
+        self, rec: HistoryRecord, memo: Any, leased: int | None = None, owner: str | None = None
+    ) -> bool:
         # One statement, so one round trip and its own commit.
         lease = ""
-        if leased is not None:  # and the request's queue item is still leased for the run
-            lease = (
-                " AND EXISTS (SELECT 1 FROM queue WHERE id=%(q)s AND run_id=%(r)s"
-                " AND lease_until>=%(now)s)"
-            )
+        if leased is not None:  # and the request's queue item is still its dispatcher's
+            held = "lease_owner=%(o)s" if owner else "lease_until>=%(now)s"
+            lease = f" AND EXISTS (SELECT 1 FROM queue WHERE id=%(q)s AND run_id=%(r)s AND {held})"
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "WITH ok AS (SELECT 1 FROM runs WHERE run_id=%(r)s"
@@ -204,7 +204,7 @@ class PostgresStore(Store):
                     "r": rec.run_id, "s": rec.step, "memo": dump(memo), "seq": time.time_ns(), "name": rec.name, "op": rec.op,
                     "attempt": rec.attempt, "start": rec.started_at, "end": rec.ended_at,
                     "out": None if rec.output is None else dump(rec.output),
-                    "q": leased, "now": now_ms(),
+                    "q": leased, "now": now_ms(), "o": owner,
                 },
             )  # fmt: skip
             row = await cur.fetchone()

@@ -128,7 +128,9 @@ class SqliteStore(Store):
     def transaction(self) -> AbstractAsyncContextManager[Tx]:
         return _Held(self, begin=True)
 
-    async def checkpoint(self, rec: HistoryRecord, memo: Any, leased: int | None = None) -> bool:
+    async def checkpoint(
+        self, rec: HistoryRecord, memo: Any, leased: int | None = None, owner: str | None = None
+    ) -> bool:
         async with self.transaction() as tx:
             status = await tx.run_status(rec.run_id)
             if status is None or status.finished:
