@@ -51,7 +51,7 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
 @contextlib.contextmanager
 def standalone(database_url: str) -> Iterator[str]:
     # Retries wait long enough for the app to be started again.
-    orch = Orchestrator(open_store(database_url), backoff=(3.0,))
+    orch = Orchestrator(open_store(database_url), backoff=(3.0,), http_checkpoints=True)
     server = UvicornApp(Api(orch).served())
     server.start()
     try:

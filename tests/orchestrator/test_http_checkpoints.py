@@ -66,6 +66,7 @@ class Counted:
 @contextlib.contextmanager
 def standalone(database_url: str, **options: Any) -> Iterator[tuple[str, Orchestrator]]:
     """A standalone orchestrator's API under uvicorn: its base URL."""
+    options.setdefault("http_checkpoints", True)  # on with PostgreSQL too: what is tested here
     orch = Orchestrator(open_store(database_url), backoff=(0.05,), **options)
     server = UvicornApp(Api(orch).served())
     server.start()
@@ -387,6 +388,20 @@ def test_a_checkpoint_reaching_another_process_is_stored_from_the_store(
         assert run["status"] == "completed"
         assert [(s["name"], s["output"]) for s in run["steps"]] == [("a", 1), ("b", 2)]
         assert checkpoint(api_b, body, step_op("c", 3)).status_code == 409
+
+
+def test_a_shared_store_offers_no_checkpoints_unless_asked(
+    database_url: str, held: HeldApp
+) -> None:
+    """With a store several processes share, an app checkpoints through whichever orchestrator
+    its URL names, not the one that dispatched the request: requests name no queue item (so
+    SDKs answer step by step) unless the orchestrator is told to offer checkpoints."""
+    with (
+        standalone(database_url, http_checkpoints=None) as (url, orch),
+        httpx.Client(base_url=url) as api,
+    ):
+        body = start_held(api, held, "offer")
+        assert ("qi_id" in body["ctx"]) is (not orch.store.shared)
 
 
 def set_lease(database_url: str, item_id: int, assignments: str) -> None:

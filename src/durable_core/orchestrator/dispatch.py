@@ -45,6 +45,8 @@ class Limits:
     #: What a run may store, unless its function says otherwise.
     run: RunLimits = dataclasses.field(default_factory=RunLimits)
     request_timeout: float = 300.0  # an in-process call's deadline, as HTTP calls have
+    #: Requests over HTTP name their queue item, so the SDK checkpoints each step.
+    http_checkpoints: bool = True
     #: Requests of `step.ai.infer` and `step.fetch` made at once; they take no dispatch slot.
     gateway_concurrency: int = 256
 
@@ -288,7 +290,10 @@ class Dispatcher:
         bounds = limits.for_function(fn, self.limits.run)
         used = Usage.of(memos)
         owner = self.store.owner
-        request = _request_body(run, item, memos, fn.retries, Budget(bounds, used), owner)
+        qi_id = None
+        if self.limits.http_checkpoints:
+            qi_id = str(item.id) if owner is None else f"{item.id}.{owner}"
+        request = _request_body(run, item, memos, fn.retries, Budget(bounds, used), qi_id)
         http = not self.inproc.serves(fn.url)
         budget = Budget(bounds, dataclasses.replace(used))
         # Over HTTP, a step is stored only while the item is still this process's (another
@@ -394,7 +399,7 @@ def _request_body(
     memos: dict[str, Any],
     retries: int,
     budget: Budget,
-    owner: str | None,
+    qi_id: str | None,
 ) -> dict[str, Any]:
     """The execution request for `item` of `run` (PROTOCOL.md section 4); its `qi_id` names
     the item and, on a shared store, the process that dispatched it."""
@@ -409,5 +414,5 @@ def _request_body(
             item.payload and item.payload.get("disable_immediate_execution")
         ),
         limits=budget.to_wire(),
-        qi_id=str(item.id) if owner is None else f"{item.id}.{owner}",
+        qi_id=qi_id,
     )

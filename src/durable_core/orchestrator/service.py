@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -45,10 +46,15 @@ class Orchestrator:
         poll_interval: float = 1.0,
         request_timeout: float = 300.0,
         limits: RunLimitOptions | None = None,
+        http_checkpoints: bool | None = None,
     ) -> None:
         """`limits`: what a run may store, for every function that does not set its own
         (`durable_core.Limits`; unset fields keep the defaults: 4 MB per output, 32 MB of
-        step results per run, 20,000 steps per run)."""
+        step results per run, 20,000 steps per run). `http_checkpoints`: whether requests
+        over HTTP name their queue item (`ctx.qi_id`), so an SDK may checkpoint each step to
+        `/v1/checkpoint/{run_id}/async` and run a chain of steps in one request; by default on
+        with a store one process owns (SQLite), off with a shared one (PostgreSQL), where an
+        app checkpoints through one orchestrator's URL whatever process dispatched it."""
         self.store = store
         self.signing_key = signing_key
         self.event_keys = set(event_keys) if event_keys is not None else None
@@ -58,6 +64,8 @@ class Orchestrator:
         settings = Limits(
             tuple(backoff), concurrency, lease_ms, poll_interval, self.run_limits, request_timeout
         )
+        shared = store.shared if http_checkpoints is None else not http_checkpoints
+        settings = dataclasses.replace(settings, http_checkpoints=not shared)
         http = HttpTransport(
             signing_key=signing_key, timeout=request_timeout, connections=concurrency
         )
