@@ -109,37 +109,12 @@ class Dispatcher:
                 await asyncio.sleep(0.005 * 2**attempt * (1 + random.random()))
                 continue
             self._reserved -= len(unit.effects.taken)
-            for item, run in await self._still_held(unit.effects.taken):
+            for item, run in unit.effects.taken:
                 self._spawn(item, run)
             for run in unit.effects.finished:
                 self.watchers.settled(run.run_id)
             return result
         raise AssertionError("unreachable")
-
-    async def _still_held(
-        self, taken: list[tuple[QueueItem, RunRecord]]
-    ) -> list[tuple[QueueItem, RunRecord]]:
-        """The runs a unit took that are still this process's to start. A lease is given when
-        the unit takes a run, and the unit may commit much later (a large batch of events on
-        a busy database): a lease that would run out before its first renewal is extended,
-        if no other process claimed the item meanwhile, or the run is left to that process."""
-        now, lease_ms = now_ms(), self.limits.lease_ms
-        late = [p for p in taken if (p[0].lease_until or 0) - now < lease_ms * 2 // 3]
-        if not late or not self.store.shared:
-            return taken
-        lost: set[int] = set()
-        try:
-            async with self.store.transaction() as tx:
-                for item, _ in late:
-                    held = item.lease_until or 0
-                    if not await tx.keep_lease(item.id, held, now_ms() + lease_ms):
-                        lost.add(item.id)
-        except Exception as err:  # the runs start anyway: at worst twice, as after a takeover
-            _log.warning("confirming the leases of %d new runs failed (%s)", len(late), err)
-            return taken
-        if lost:
-            _log.info("%d runs taken by another process before this one committed", len(lost))
-        return [p for p in taken if p[0].id not in lost]
 
     def _unit(self, tx: Tx) -> Unit:
         return Unit(tx, self.functions, self.limits.backoff, self)

@@ -113,7 +113,7 @@ async def _start(
         run.run_id, ItemKind.DISCOVERY, available_at=now, lease_until=lease, flow=flow
     )
     if lease:
-        item = QueueItem(item_id, run.run_id, ItemKind.DISCOVERY, None, 0, now, lease_until=lease)
+        item = QueueItem(item_id, run.run_id, ItemKind.DISCOVERY, None, 0, now)
         unit.effects.taken.append((item, run))
     if fn.config.get("timeouts") or fn.config.get("cancel"):
         await timeouts.arm(unit.tx, fn, run)

@@ -154,11 +154,6 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     async def extend_lease(self, item_id: int, until: int) -> None: ...
     @abc.abstractmethod
-    async def keep_lease(self, item_id: int, held_until: int, until: int) -> bool:
-        """Extend a lease to `until` only if it is still the one that ran to `held_until`
-        (no other process has claimed the item since); whether it was."""
-
-    @abc.abstractmethod
     async def get_item(self, item_id: int) -> QueueItem | None: ...
     @abc.abstractmethod
     async def reset_attempt(self, item_id: int) -> None:

@@ -89,10 +89,6 @@ class QueueSql:
         sql = "UPDATE queue SET lease_until=?, lease_owner=? WHERE id=?"
         await self.db.count(sql, (until, self.owner, item_id))
 
-    async def keep_lease(self, item_id: int, held_until: int, until: int) -> bool:
-        sql = "UPDATE queue SET lease_until=? WHERE id=? AND lease_until=?"
-        return await self.db.count(sql, (until, item_id, held_until)) == 1
-
     async def get_item(self, item_id: int) -> QueueItem | None:
         row = await self.db.one("SELECT * FROM queue WHERE id=?", (item_id,))
         return None if row is None else item_from_row(row)
