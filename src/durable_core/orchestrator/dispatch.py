@@ -208,6 +208,16 @@ class Dispatcher:
             await self.atomic(lambda unit: timers.fire(unit, item))
             self._wake.set()
             return
+        loaded = await self._load(item, new_run)
+        if loaded is not None:
+            await self._request(*loaded, item=item)
+
+    async def _load(
+        self, item: QueueItem, new_run: RunRecord | None = None
+    ) -> tuple[FunctionRecord, RunRecord, dict[str, Any]] | None:
+        """The function, run and memos `item` is for (`new_run`: a run just taken, so nothing
+        needs reading); None, with the item consumed, when the run is over or its function
+        is no longer registered."""
         run: RunRecord | None = new_run
         memos: dict[str, Any] = {}
         if run is None:
@@ -216,28 +226,21 @@ class Dispatcher:
                 memos = await tx.get_memos(item.run_id) if run is not None else {}
         if run is None or run.status.finished:
             await self.atomic(lambda unit: unit.tx.delete_item(item.id))
-            return
+            return None
         fn = self.functions.get(run.fn_id)
         if fn is None:
             gone = run
             await self.atomic(lambda unit: lifecycle.fail_unregistered(unit, gone))
-            return
-        await self._request(fn, item, run, memos)
+            return None
+        return fn, run, memos
 
     async def _gateway(self, item: QueueItem) -> None:
         """Make a gateway step's request (`gateway.py`) under its item's lease, and resolve the
         step with the answer or queue its next attempt."""
-        async with self.store.snapshot() as tx:
-            run = await tx.get_run(item.run_id)
-            memos = await tx.get_memos(item.run_id) if run is not None else {}
-        if run is None or run.status.finished:
-            await self.atomic(lambda unit: unit.tx.delete_item(item.id))
+        loaded = await self._load(item)
+        if loaded is None:
             return
-        fn = self.functions.get(run.fn_id)
-        if fn is None:
-            gone = run
-            await self.atomic(lambda unit: lifecycle.fail_unregistered(unit, gone))
-            return
+        fn, run, memos = loaded
         bounds = limits.for_function(fn, self.limits.run)
         req = GatewayRequest.from_payload(item.payload or {})
         renew = asyncio.create_task(self._renew(item))
@@ -259,7 +262,7 @@ class Dispatcher:
             self.watchers.emit("step", details)
 
     async def _request(
-        self, fn: FunctionRecord, item: QueueItem, run: RunRecord, memos: dict[str, Any]
+        self, fn: FunctionRecord, run: RunRecord, memos: dict[str, Any], *, item: QueueItem
     ) -> None:
         started = now_ms()
         bounds = limits.for_function(fn, self.limits.run)

@@ -34,6 +34,7 @@ from ..fetch import METHODS, headers_problem, url_problem
 from ..protocol import Header, Opcode
 from . import lifecycle
 from .store import ItemKind, QueueItem, now_ms
+from .transport import read_bounded
 from .unit import Unit
 
 #: Where each model format takes the auth key (a header already set by the caller wins).
@@ -134,24 +135,6 @@ class Outcome:
     retry_after: str | None = None
 
 
-class _TooLarge(Exception):
-    pass
-
-
-async def _read(res: httpx.Response, bound: int) -> bytes:
-    declared = res.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > bound:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in res.aiter_bytes():
-        size += len(chunk)
-        if size > bound:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 class GatewayClient:
     """Makes gateway requests: one connection pool, a timeout per request."""
 
@@ -169,17 +152,17 @@ class GatewayClient:
                     req.method, req.url, headers=req.headers, content=content
                 ) as res,
             ):
-                raw = await _read(res, limits.step_output)
+                raw = await read_bounded(res, limits.step_output)
                 status, url = res.status_code, str(res.url)
                 headers = {k.lower(): v for k, v in res.headers.items()}
-        except _TooLarge:
-            err = limits.output_too_large(f"the answer to {what}", limits.step_output + 1)
-            assert err is not None
-            return Outcome(memo={"error": _limit_error(err)})
         except (TimeoutError, httpx.TimeoutException):
             return Outcome(transient=_error(f"{what} did not answer within {self.timeout:g} s"))
         except httpx.HTTPError as err:
             return Outcome(transient=_error(f"{what} failed: {type(err).__name__}: {err}"))
+        if raw is None:  # longer than a step's output may be: not read
+            over = limits.output_too_large(f"the answer to {what}", limits.step_output + 1)
+            assert over is not None
+            return Outcome(memo={"error": _limit_error(over)})
         text = raw.decode("utf-8", errors="replace")
         if status == 429 or status >= 500:
             message = f"{what} answered {status}: {text[:_EXCERPT]}"

@@ -96,7 +96,7 @@ class HttpTransport:
             self._next = (self._next + 1) % len(self._clients)
             async with client.stream("POST", url, content=body, headers=headers) as res:
                 status, got = res.status_code, {k.lower(): v for k, v in res.headers.items()}
-                raw = await _read(res, call.max_body)
+                raw = await read_bounded(res, call.max_body)
         except httpx.HTTPError as err:
             return CallResult(
                 599,
@@ -118,7 +118,7 @@ class HttpTransport:
             await client.aclose()
 
 
-async def _read(res: httpx.Response, bound: int | None) -> bytes | None:
+async def read_bounded(res: httpx.Response, bound: int | None) -> bytes | None:
     """The answer's body, or None as soon as it proves longer than `bound` (the rest is
     never read: leaving the stream closes the connection)."""
     if bound is None:
