@@ -174,6 +174,8 @@ def durable_env(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, database_url: st
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 """`pytestmark = sqlite_only`: the module's tests run once, on SQLite."""
+postgres_only = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+"""For tests of what only a store several processes share can show."""
 
 
 StartFactory = Callable[..., Harness]

@@ -31,7 +31,7 @@ from durable_core.orchestrator.service import Orchestrator
 from durable_core.orchestrator.store import open_store
 from durable_core.signing import hashed_signing_key
 
-from .conftest import DEADLINE, FINISHED, UvicornApp, wait_until
+from .conftest import DEADLINE, FINISHED, UvicornApp, postgres_only, wait_until
 
 SERVE_PATH = "/api/durable"
 KEY = "signkey-prod-0123456789abcdef0123456789abcdef"
@@ -366,13 +366,12 @@ def test_the_checkpoint_api_wants_the_key_then_a_good_body(database_url: str) ->
         assert res.status_code == 404, res.text  # no such run
 
 
+@postgres_only
 def test_a_checkpoint_reaching_another_process_is_stored_from_the_store(
     database_url: str, held: HeldApp
 ) -> None:
     """Two orchestrator processes share a PostgreSQL database: whichever dispatched the
     request, a checkpoint to either is checked against the store and stored."""
-    if database_url.startswith("sqlite"):
-        pytest.skip("a SQLite store has one orchestrator process")
     with (
         standalone(database_url) as (url_a, _),
         standalone(database_url) as (url_b, _),
@@ -419,13 +418,12 @@ def set_lease(database_url: str, item_id: int, assignments: str) -> None:
     asyncio.run(change())
 
 
+@postgres_only
 def test_a_late_lease_renewal_is_no_stale_dispatch_but_a_takeover_is(
     database_url: str, held: HeldApp
 ) -> None:
     """A lease that ran out while its process still holds the item (a renewal that came late)
     loses no step; once another process has taken the item, the old request gets 409."""
-    if database_url.startswith("sqlite"):
-        pytest.skip("a SQLite store has one orchestrator process")
     with (
         standalone(database_url) as (url_a, _),
         standalone(database_url) as (url_b, _),
