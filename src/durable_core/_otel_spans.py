@@ -129,20 +129,13 @@ class RunTrace:
             trace.NonRecordingSpan(parent), otel_context.Context()
         )
 
-    def _attributes(self) -> dict[str, str]:
-        return {
-            names.APP_ID: self.app_id,
-            names.RUN_ID: self.run_id,
-            names.FUNCTION_ID: self.fn_id,
-        }
-
     def step(self, info: StepInfo, attempt: int) -> StepSpan:
         """A step attempt starts: its span, current until it ends."""
         attributes: dict[str, str | int] = {
-            **self._attributes(),
+            names.RUN_ID: self.run_id,
+            names.FUNCTION_ID: self.fn_id,
             names.STEP_ID: info.user_id,
             names.STEP_NAME: info.name,
-            names.STEP_HASHED_ID: info.hashed,
             names.STEP_ATTEMPT: attempt,
         }
         caller = trace.get_current_span().get_span_context()  # e.g. the HTTP request's span
@@ -156,7 +149,12 @@ class RunTrace:
         """Emit the run span (once the function returned or failed for good)."""
         if not self._tracer.fixed_ids:
             return
-        attributes = {**self._attributes(), names.EVENT_NAME: self.event_name}
+        attributes = {
+            names.APP_ID: self.app_id,
+            names.RUN_ID: self.run_id,
+            names.FUNCTION_ID: self.fn_id,
+            names.EVENT_NAME: self.event_name,
+        }
         token = _forced.set(self.ids)
         try:
             span = self._tracer.tracer.start_span(

@@ -9,7 +9,6 @@ EVENT_NAME = "durable.event.name"
 RUN_OUTCOME = "durable.run.outcome"
 STEP_ID = "durable.step.id"
 STEP_NAME = "durable.step.name"
-STEP_HASHED_ID = "durable.step.hashed_id"
 STEP_ATTEMPT = "durable.step.attempt"
 STEP_OUTCOME = "durable.step.outcome"
 
