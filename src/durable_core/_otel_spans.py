@@ -96,6 +96,14 @@ class Tracer:
             cast(Any, self.tracer).id_generator = ids
         self.fixed_ids = isinstance(ids, _RunSpanIds)
 
+    def sampled(self, trace_id: int, name: str) -> bool:
+        """Whether the tracer's sampler keeps the run span (so its steps too): one decision
+        from the run's trace id, the same in every request and process."""
+        sampler = getattr(self.tracer, "sampler", None)
+        if sampler is None:
+            return True
+        return bool(sampler.should_sample(None, trace_id, name).decision.is_sampled())
+
     def run(
         self, app_id: str, run_id: str, fn_id: str, event_name: str, event_ts: int, now_ns: int
     ) -> RunTrace:
@@ -123,7 +131,9 @@ class RunTrace:
         started_ms = run_started_ms(run_id, event_ts)
         self.started_ns = now_ns if started_ms is None else min(now_ns, started_ms * 1_000_000)
         self.app_id = app_id
-        flags = TraceFlags(TraceFlags.SAMPLED)
+        self.name = f"run {fn_id}"
+        sampled = tracer.sampled(self.ids[0], self.name)
+        flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
         parent = SpanContext(self.ids[0], self.ids[1], is_remote=True, trace_flags=flags)
         self._parent = trace.set_span_in_context(
             trace.NonRecordingSpan(parent), otel_context.Context()
@@ -158,7 +168,7 @@ class RunTrace:
         token = _forced.set(self.ids)
         try:
             span = self._tracer.tracer.start_span(
-                f"run {self.fn_id}",
+                self.name,
                 context=otel_context.Context(),
                 attributes=attributes,
                 start_time=self.started_ns,

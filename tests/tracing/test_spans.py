@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import StatusCode
 
 from durable_core import Context, Durable, NonRetriableError, StepError, SyncContext, TriggerEvent
@@ -216,3 +220,17 @@ def test_the_trace_and_run_span_ids_derive_from_the_run_id(spans: Spans) -> None
     assert root.context.span_id == int.from_bytes(digest[16:24], "big")
     assert root.parent is None
     assert root.start_time == EVENT["ts"] * 1_000_000  # a run id without a time: the event's
+
+
+def test_the_samplers_decision_on_the_run_holds_for_its_steps() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))  # keeps no new trace
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    d = Durable("shop", dev=True, tracing=provider)
+
+    @d.function(id="order", trigger=TriggerEvent("shop/order"))
+    async def order(ctx: Context) -> int:
+        return await ctx.step.run("only", lambda: 1)
+
+    assert asyncio.run(run(order, event=EVENT)).output == 1
+    assert exporter.get_finished_spans() == ()
