@@ -8,11 +8,11 @@ import datetime as _dt
 import inspect
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 import pydantic
 
-from . import _serialize
+from . import _serialize, tracing
 from ._driver import AsyncRunner, Outcome, Raised, Returned, run_sync
 from ._durations import to_iso_utc
 from ._engine import Ops, Replay
@@ -30,6 +30,9 @@ from .events import Event
 from .function import Function
 from .protocol import Header
 from .types import AsyncSender, Handler, JSONObject, SyncSender
+
+if TYPE_CHECKING:
+    from ._otel_spans import RunTrace
 
 T = TypeVar("T")
 
@@ -130,6 +133,21 @@ def _common(fn: Function[Any], req: ExecutionRequest, replay: Replay) -> dict[st
     }
 
 
+def _traced(fn: Function[Any], req: ExecutionRequest) -> RunTrace | None:
+    """The run's trace for this request when tracing is on (its steps' spans join it)."""
+    return tracing.run_started(fn.app.tracing, req.ctx.run_id, fn.id, req.event.name, req.event.ts)
+
+
+def _trace_ended(
+    run: RunTrace | None, replay: Replay, req: ExecutionRequest, outcome: Outcome
+) -> Outcome:
+    if run is not None:
+        error = outcome.error if isinstance(outcome, Raised) else None
+        returned = isinstance(outcome, Returned)
+        tracing.run_ended(run, returned, error, req.ctx.attempt, replay.max_attempts)
+    return outcome
+
+
 async def execute_async(
     fn: Function[Any],
     handler: Handler,
@@ -141,8 +159,9 @@ async def execute_async(
     replay = _replay(fn, handler, req, target, checkpoint is not None)
     runner = AsyncRunner(replay)
     step = Step(replay, fn.app.app_id, runner, sender, checkpoint)
+    step.run_trace = run = _traced(fn, req)
     outcome = await runner.run(handler, Context(step=step, **_common(fn, req, replay)))
-    return _output(fn, replay, outcome)
+    return _trace_ended(run, replay, req, _output(fn, replay, outcome))
 
 
 def execute_sync(
@@ -155,8 +174,9 @@ def execute_sync(
 ) -> Outcome:
     replay = _replay(fn, handler, req, target, checkpoint is not None)
     step = SyncStep(replay, fn.app.app_id, sender, checkpoint)
+    step.run_trace = run = _traced(fn, req)
     outcome = run_sync(handler, SyncContext(step=step, **_common(fn, req, replay)), replay)
-    return _output(fn, replay, outcome)
+    return _trace_ended(run, replay, req, _output(fn, replay, outcome))
 
 
 class Senders(TypedDict):

@@ -17,9 +17,9 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import _serialize
+from . import _serialize, tracing
 from ._durations import DurationLike, format_duration, to_iso_utc, to_timedelta
 from ._engine import Decision, Memo, Ops, Replay, StepInfo
 from ._faults import fault
@@ -37,6 +37,9 @@ from .function import Function
 from .orchestrator import expressions
 from .protocol import Opcode
 from .types import JSONObject
+
+if TYPE_CHECKING:
+    from ._otel_spans import RunTrace, StepSpan
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,16 +89,20 @@ class Execution:
     otherwise the request ends.
     """
 
-    def __init__(self, replay: Replay, info: StepInfo) -> None:
+    def __init__(self, replay: Replay, info: StepInfo, run_trace: RunTrace | None = None) -> None:
         self._replay = replay
         self.info = info
         self.checkpointed: tuple[Memo, JSONObject] | None = None
         self._token: contextvars.Token[StepInfo | None] | None = None
         self._started_ms = 0
+        self._trace = run_trace
+        self._span: StepSpan | None = None
 
     def __enter__(self) -> Execution:
         self._token = _running_step.set(self.info)
         self._started_ms = int(time.time() * 1000)
+        if self._trace is not None:  # the attempt's span, current while the handler runs
+            self._span = self._trace.step(self.info, self._replay.attempt)
         return self
 
     def returned(self, output: object) -> None:
@@ -112,6 +119,8 @@ class Execution:
     ) -> bool:
         if self._token is not None and _running_step.get() is self.info:
             _running_step.reset(self._token)
+        if self._span is not None:
+            self._span.end(tracing.step_outcome(err, self._replay), err)
         if err is None:
             return False
         if isinstance(err, NonRetriableError | RetryAfterError):
@@ -131,6 +140,7 @@ class StepLifecycle:
     def __init__(self, replay: Replay, app_id: str) -> None:
         self._replay = replay
         self._app_id = app_id
+        self.run_trace: RunTrace | None = None  # set when the run is traced (`tracing`)
 
     # -- declaring ----------------------------------------------------------------------------
 
@@ -320,7 +330,7 @@ class StepLifecycle:
         """The step's turn to run has come."""
         if handler is None:
             raise RuntimeError(f"step {info.user_id!r} cannot be executed in place")
-        return Execution(self._replay, info)
+        return Execution(self._replay, info, self.run_trace)
 
     # -- restoring ----------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 
@@ -15,7 +15,11 @@ from .client import Client
 from .errors import ConfigError
 from .function import Function
 from .orchestrator import expressions, wildcards
+from .tracing import Tracing
 from .types import Handler
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 
 class Durable(Client):
@@ -25,6 +29,9 @@ class Durable(Client):
     - `event_key` / `DURABLE_EVENT_KEY`
     - `orchestrator_url` / `DURABLE_ORCHESTRATOR_URL`
     - `dev` / `DURABLE_DEV`: dev mode skips signature checks; it must be asked for explicitly.
+    - `tracing` / `DURABLE_TRACING`: OpenTelemetry traces of runs; True, False, a
+      `TracerProvider`, or None to trace once a tracer provider or OTLP endpoint is set
+      (see `durable_core.tracing`).
     """
 
     def __init__(
@@ -38,6 +45,7 @@ class Durable(Client):
         dev: bool | None = None,
         serve_origin: str | None = None,
         logger: logging.Logger | None = None,
+        tracing: bool | TracerProvider | None = None,
     ) -> None:
         super().__init__(
             app_id,
@@ -51,6 +59,7 @@ class Durable(Client):
         )
         self.serve_origin = serve_origin or os.environ.get("DURABLE_SERVE_ORIGIN") or None
         self.logger = logger or logging.getLogger("durable")
+        self.tracing = Tracing(app_id, tracing)
         self._functions: dict[str, Function[Any]] = {}
 
     @property

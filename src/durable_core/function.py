@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import _serialize
 from .options import FunctionOptions
 from .protocol import SystemEvent
 from .types import Handler
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 T = TypeVar("T")
 
@@ -21,6 +24,8 @@ class App(Protocol):
     def app_id(self) -> str: ...
     @property
     def logger(self) -> logging.Logger: ...
+    @property
+    def tracing(self) -> Tracing: ...
     def find(self, fn_id: str) -> tuple[Function[Any], Handler] | None: ...
 
 
