@@ -19,7 +19,7 @@ from typing import Any
 from .._limits import RunLimits, Usage
 from ..errors import RunErrorName, run_error
 from ..protocol import Header, Opcode, SystemEvent
-from . import expressions, gateway, lifecycle, limits, runlog
+from . import expressions, gateway, lifecycle, limits
 from .flow_options import duration_ms
 from .ids import new_id
 from .moments import parse_time, retry_at
@@ -116,9 +116,8 @@ async def _function_error(
     if at is not None:
         when = max(at, now_ms())
     await _retry(unit, item, run, when)
-    text = runlog.error_text(error)
-    unit.note("retrying", run.run_id, run.fn_id, name, attempt=item.attempt + 1, error=text,
-              retry_at=runlog.iso(when))  # fmt: skip
+    fields = {"attempt": item.attempt + 1, "error": error, "retry_at": when}
+    unit.note("retrying", run.run_id, run.fn_id, name, **fields)
     reason = f"retrying at attempt {item.attempt + 1}: {str(error['message'])[:200]}"
     await unit.tx.update_run(run.run_id, reason=reason)
 
@@ -189,8 +188,7 @@ async def _step_ran(a: _Answer, op: _Op) -> None:
         at = retry_at(a.retry_after, a.now)
         when = when if at is None else max(at, a.now)
         await _retry(a.unit, a.item, a.run, when)
-        a.note("retrying", op, attempt=a.item.attempt + 1, error=runlog.error_text(error),
-               retry_at=runlog.iso(when))  # fmt: skip
+        a.note("retrying", op, attempt=a.item.attempt + 1, error=error, retry_at=when)
         a.reasons.append(f"step {op.name!r} failed (attempt {a.item.attempt + 1}), retrying")
         return
     memo = {"data": data} if op.kind == Opcode.STEP_RUN else {"error": error}
@@ -201,10 +199,8 @@ async def _step_ran(a: _Answer, op: _Op) -> None:
         await a.unit.tx.add_history(rec)
     else:
         return
-    if op.kind == Opcode.STEP_RUN:
-        a.note("step_done", op)
-    else:
-        a.note("step_failed", op, error=runlog.error_text(error))
+    done = op.kind == Opcode.STEP_RUN
+    a.note("step_done" if done else "step_failed", op, error=None if done else error)
 
 
 async def _run_complete(a: _Answer, op: _Op) -> None:
@@ -234,7 +230,7 @@ async def _sleep(a: _Answer, op: _Op) -> None:
     await a.timer(op.step, wake, {"memo": None})
     until = _dt.datetime.fromtimestamp(wake / 1000, _dt.UTC).isoformat()
     a.reasons.append(f"sleeping until {until}")
-    a.note("sleeping", op, until=runlog.iso(wake))
+    a.note("sleeping", op, until=wake)
 
 
 async def _wait_for_event(a: _Answer, op: _Op) -> None:
@@ -255,7 +251,7 @@ async def _wait_for_event(a: _Answer, op: _Op) -> None:
     await a.history(op.step, op.name, op.kind)
     await a.timer(op.step, expires, {"memo": None, "only_if": "wait"})
     a.reasons.append(f"waiting for event {event_name!r}")
-    a.note("waiting", op, waiting_for=f"event {event_name!r}", until=runlog.iso(expires))
+    a.note("waiting", op, waiting_for=f"event {event_name!r}", until=expires)
 
 
 async def _wait_for_signal(a: _Answer, op: _Op) -> None:
@@ -274,7 +270,7 @@ async def _wait_for_signal(a: _Answer, op: _Op) -> None:
     expires = a.now + _ms(op.opts.get("timeout"), WAIT_DEFAULT_MS)
     await a.timer(op.step, expires, {"memo": None, "only_if": "signal"})
     a.reasons.append(f"waiting for signal {signal!r}")
-    a.note("waiting", op, waiting_for=f"signal {signal!r}", until=runlog.iso(expires))
+    a.note("waiting", op, waiting_for=f"signal {signal!r}", until=expires)
 
 
 async def _invoke(a: _Answer, op: _Op) -> None:

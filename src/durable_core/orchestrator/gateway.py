@@ -32,7 +32,7 @@ from .._limits import Budget, RunLimits, Usage
 from ..errors import LimitExceededError, RunErrorName, run_error
 from ..fetch import METHODS, headers_problem, url_problem
 from ..protocol import Header, Opcode
-from . import lifecycle, runlog
+from . import lifecycle
 from .store import ItemKind, QueueItem, now_ms
 from .transport import read_bounded
 from .unit import Unit
@@ -232,5 +232,5 @@ async def apply(
     )
     reason = f"step {name!r}: {str(error['message'])[:200]}; retrying (attempt {item.attempt + 2})"
     unit.note("retrying", run.run_id, run.fn_id, name, attempt=item.attempt + 1,
-              error=str(error["message"])[:500], retry_at=runlog.iso(when))  # fmt: skip
+              error=error, retry_at=when)  # fmt: skip
     await unit.tx.update_run(item.run_id, reason=reason)

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import RunErrorName, run_error
 from ..events import Event
 from ..protocol import SystemEvent
-from . import runlog, timeouts
+from . import timeouts
 from .flow_options import request_flow
 from .ids import new_id
 from .store import FunctionRecord, ItemKind, QueueItem, RunRecord, RunStatus, now_ms
@@ -155,8 +155,7 @@ async def finish(
     await unit.tx.update_run(run.run_id, status=status, ended_at=ended, **fields)
     await unit.tx.clear_run(run.run_id)
     unit.effects.finished.append(dataclasses.replace(run, status=status, ended_at=ended, **fields))
-    failure = runlog.error_text(error) if error is not None else None
-    unit.note(status.value, run.run_id, run.fn_id, error=failure, reason=reason)
+    unit.note(status.value, run.run_id, run.fn_id, error=error, reason=reason)
     unit.effects.emitted.append(_system_event(run, status, output, error, reason))
     if run.parent_run_id and run.parent_step:
         await resolve(unit, run.parent_run_id, run.parent_step, _child_memo(status, fields))

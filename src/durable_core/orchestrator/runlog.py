@@ -24,6 +24,7 @@ import logging
 from typing import Any
 
 log = logging.getLogger("durable.runs")
+_MOMENTS = ("retry_at", "until")  # given in ms since the epoch, written as ISO 8601
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -37,7 +38,7 @@ class Change:
 
     def message(self) -> str:
         head = f"run {self.run_id} of {self.fn_id}"
-        f = self.fields
+        f = self.as_dict()
         step = f"step {self.step!r}"
         match self.event:
             case "started":
@@ -71,7 +72,14 @@ class Change:
         }
         if self.step is not None:
             out["step"] = self.step
-        out.update((k, v) for k, v in self.fields.items() if v is not None)
+        for key, value in self.fields.items():
+            if value is None:
+                continue
+            if key in _MOMENTS and isinstance(value, int):
+                value = iso(value)
+            elif key == "error":
+                value = error_text(value)
+            out[key] = value
         return out
 
 
@@ -85,6 +93,8 @@ def iso(ms: int) -> str:
 
 def error_text(error: Any) -> str:
     """`Name: message` of a stored error."""
+    if isinstance(error, str):
+        return error[:500]
     if not isinstance(error, dict):
         return str(error)[:500]
     name, message = error.get("name") or "Error", str(error.get("message") or "")
