@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -177,3 +179,23 @@ def test_dev_logs_json_lines(tmp_path: Any) -> None:
     }
     assert {"attempt", "retry_at", "error", "step"} <= retrying[0].keys()
     assert retrying[0]["attempt"] == 1
+
+
+def test_make_run_on_a_taken_port_is_one_line() -> None:
+    quickstart = Path(__file__).resolve().parents[2] / "examples" / "quickstart.py"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, str(quickstart), "--port", str(port), "--once"],
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE * 3,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"cannot listen on 127.0.0.1:{port} (Address already in use): another program uses "
+        "the port; pick another with PORT=8001 make run (or --port 8001)"
+    ]
