@@ -36,9 +36,10 @@ class Change:
     step: str | None = None
     fields: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def message(self) -> str:
+    def message(self, fields: dict[str, Any] | None = None) -> str:
+        """The line; `fields` is `as_dict()`, when already made."""
         head = f"run {self.run_id} of {self.fn_id}"
-        f = self.as_dict()
+        f = fields if fields is not None else self.as_dict()
         step = f"step {self.step!r}"
         match self.event:
             case "started":
@@ -116,7 +117,8 @@ def note(
 
 def write(changes: list[Change]) -> None:
     for change in changes:
-        log.info("%s", change.message(), extra={"durable": change.as_dict()})
+        fields = change.as_dict()
+        log.info("%s", change.message(fields), extra={"durable": fields})
 
 
 def tell(event: str, run_id: str, fn_id: str, step: str | None = None, **fields: Any) -> None:
