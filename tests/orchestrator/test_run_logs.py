@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from durable_core import Context, Durable, TriggerEvent
-from durable_core.logs import JsonFormatter
+from durable_core import Context, Durable, JsonFormatter, TriggerEvent
 
 from .conftest import StartFactory, sqlite_only, wait_until
 
