@@ -11,7 +11,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import socket
 import sys
 import time
 from typing import Any
@@ -48,6 +50,38 @@ async def wait_until(check: Any, what: str, timeout: float = 30.0) -> Any:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def port_taken(port: int) -> str | None:
+    """Why the app cannot listen on `port`, if it cannot."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as err:
+            return err.strerror or str(err)
+    return None
+
+
+class Progress(logging.Handler):
+    """Prints the run's changes: the `durable.runs` log lines, through their fields."""
+
+    def __init__(self, done: asyncio.Future[dict[str, Any]]) -> None:
+        super().__init__()
+        self.done = done
+
+    def emit(self, record: logging.LogRecord) -> None:
+        change: dict[str, Any] = getattr(record, "durable", {})
+        event, step = change.get("event"), change.get("step")
+        if step is not None:
+            extra = change.get("until") or change.get("error") or ""
+            say(f"  step {step:<18} {event:<12} {short(extra) if extra else ''}")
+        elif (
+            change.get("function_id") == "shop-process-order"
+            and event != "started"
+            and not self.done.done()
+        ):
+            self.done.set_result(change)
+
+
 async def main(port: int, once: bool) -> None:
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
@@ -56,19 +90,10 @@ async def main(port: int, once: bool) -> None:
     async with httpx.AsyncClient(base_url=base, timeout=10) as http:
         await wait_until(lambda: server.started, "the app to start")
         assert durable.local is not None, "the embedded orchestrator did not start"
-        orch = durable.local.orchestrator  # type: ignore[attr-defined]
         done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-        def progress(kind: str, info: dict[str, Any]) -> None:
-            if kind == "step" and info.get("op") in ("StepRun", "StepFailed", "StepError"):
-                result = info.get("error") or info.get("data")
-                say(f"  step {info['step']:<18} {info['op']:<10} {short(result)}")
-            elif kind == "step":
-                say(f"  step {info['step']:<18} {info['op']}")
-            elif kind == "run" and info["fn_id"] == "shop-process-order" and not done.done():
-                done.set_result(info)
-
-        orch.on_change(progress)
+        runs = logging.getLogger("durable.runs")
+        runs.addHandler(Progress(done))
+        runs.propagate = False  # printed here, not also as plain log lines
         say(f"app serving at {base} (durable endpoint {base}/api/durable)")
         order = {
             "id": "o-1001",
@@ -93,8 +118,10 @@ async def main(port: int, once: bool) -> None:
         await durable.send_async({"name": "shop/order.approved", "data": {"order_id": order["id"]}})
         say("sent shop/order.approved")
         finished = await asyncio.wait_for(done, 30)
-        say(f"run {finished['run_id']} {finished['status']}: {short(finished['output'])}")
         detail = (await http.get(f"/durable/v1/runs/{finished['run_id']}")).json()
+        say(f"run {detail['run_id']} {detail['status']}: {short(detail['output'])}")
+        for step in detail["steps"]:
+            say(f"  {step['name']:<18} {step['op']:<12} {short(step['error'] or step['output'])}")
         say(f"{len(detail['steps'])} step records, {detail['duration_ms']} ms end to end")
         print(
             f"\napp:  {base}/\nAPI:  {base}/durable/v1/runs\nrun:  {base}/durable/v1/runs/{finished['run_id']}",
@@ -112,5 +139,11 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--once", action="store_true", help="stop after the example run")
     args = parser.parse_args()
+    taken = port_taken(args.port)
+    if taken:
+        sys.exit(
+            f"cannot listen on 127.0.0.1:{args.port} ({taken}): another program uses the port; "
+            f"pick another with PORT=8001 make run (or --port 8001)"
+        )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main(args.port, args.once))

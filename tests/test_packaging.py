@@ -184,7 +184,7 @@ def test_installed_packages_import_from_the_install_not_from_src(venv: Path) -> 
         assert not Path(file).resolve().is_relative_to(src), (name, file)
     assert Path(out["dist"]) == site
     assert out["script"] == ["durable", "durable_core.cli:main"]
-    assert out["main"] == ["durable_core.cli", str(site / "durable_core" / "cli.py")]
+    assert out["main"] == ["durable_core.cli", str(site / "durable_core" / "cli" / "__init__.py")]
     assert out["main_is_cli_main"] is True
 
 

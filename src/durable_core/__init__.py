@@ -25,6 +25,7 @@ from .errors import (
 from .events import Event, Signal
 from .fetch import FetchResponse
 from .function import Function
+from .logs import JsonFormatter
 from .messages import Request, Response
 from .options import (
     Batch,
@@ -58,6 +59,7 @@ __all__ = [
     "Function",
     "FunctionNotFoundError",
     "InvalidStepError",
+    "JsonFormatter",
     "LimitExceededError",
     "Limits",
     "NestedStepError",

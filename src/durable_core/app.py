@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from . import _serialize, routes
+from . import _serialize, logs, routes
 from . import options as opt
 from .client import Client
 from .errors import ConfigError
@@ -60,6 +60,7 @@ class Durable(Client):
         self.serve_origin = serve_origin or os.environ.get("DURABLE_SERVE_ORIGIN") or None
         self.logger = logger or logging.getLogger("durable")
         self.tracing = Tracing(app_id, tracing)
+        logs.show_by_default()
         self._functions: dict[str, Function[Any]] = {}
 
     @property

@@ -35,6 +35,7 @@ class LocalOrchestrator(Protocol):
 
     async def send(self, events: list[Event]) -> list[str]: ...
     async def invoke(self, fn_id: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def signal(self, name: str, data: Any) -> str | None: ...
     def call_blocking(self, coro: Coroutine[Any, Any, T]) -> T: ...
 
 
@@ -147,6 +148,32 @@ class Client:
             return self.local.call_blocking(self.local.send(batch))
         answer = self._post_sync(self._event_path(), [e.to_wire() for e in batch])
         return [str(i) for i in answer["ids"]]
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def _signaled(self, response: httpx.Response) -> str | None:
+        if response.status_code == 404 and "waiting for signal" in response.text:
+            return None
+        return str(self._answer(response)["run_id"])
+
+    async def signal_async(self, name: str, data: Any = None) -> str | None:
+        """Resume the run waiting for signal `name` (`ctx.step.wait_for_signal`) with `data`;
+        returns its run id, or None when no run waits for it."""
+        if self.local is not None:
+            return await self.local.signal(name, data)
+        async with httpx.AsyncClient(timeout=None) as client:
+            body = {"signal": name, "data": data}
+            url, headers = self._url("/v1/signals"), self.api_headers()
+            return self._signaled(await client.post(url, json=body, headers=headers))
+
+    def signal(self, name: str, data: Any = None) -> str | None:
+        """`signal_async` for sync code."""
+        if self.local is not None:
+            return self.local.call_blocking(self.local.signal(name, data))
+        with httpx.Client(timeout=None) as client:
+            body = {"signal": name, "data": data}
+            url, headers = self._url("/v1/signals"), self.api_headers()
+            return self._signaled(client.post(url, json=body, headers=headers))
 
     # -- invokes ----------------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ from .conftest import DEADLINE, UvicornApp, free_port, sqlite_only, wait_until
 pytestmark = sqlite_only  # the store does not matter here
 
 SERVE_PATH = "/api/durable"
+LONG_STEP = "check-the-inventory-of-every-warehouse"
+FUNCTIONS = {"cli-greet", "cli-hold", "cli-fail"}
 
 
 def durable_command() -> list[str]:
@@ -33,11 +35,13 @@ def durable_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "durable_core.cli"]
 
 
-def cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DURABLE_ORCHESTRATOR_URL": url}
+def cli(
+    *args: str, url: str, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*durable_command(), *args],
-        env=env,
+        env={**os.environ, "DURABLE_ORCHESTRATOR_URL": url, **env},
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=DEADLINE * 3,
@@ -86,8 +90,16 @@ def dev(tmp_path: Path) -> Iterator[Dev]:
         return {"said": loud}
 
     @d.function(id="hold", trigger=TriggerEvent("cli/hold"))
-    async def hold(ctx: Context) -> None:
-        await ctx.step.wait_for_signal("hold-on", signal="never", timeout="1h")
+    async def hold(ctx: Context) -> Any:
+        got = await ctx.step.wait_for_signal("hold-on", signal="never", timeout="1h")
+        return got.data if got else None
+
+    @d.function(id="fail", trigger=TriggerEvent("cli/fail"), retries=0)
+    async def fail(ctx: Context) -> None:
+        def check_the_inventory_of_the_warehouse() -> None:
+            raise LookupError("sku-9 is not stocked")
+
+        await ctx.step.run(LONG_STEP, check_the_inventory_of_the_warehouse)
 
     web = FastAPI()
     serve = Serve(web, d, path=SERVE_PATH)
@@ -115,7 +127,7 @@ def dev(tmp_path: Path) -> Iterator[Dev]:
                 fns = server.get("/v1/functions")["data"]
             except httpx.HTTPError:
                 return False
-            registered = {f["function_id"] for f in fns} == {"cli-greet", "cli-hold"}
+            registered = {f["function_id"] for f in fns} == FUNCTIONS
             return registered and f"synced {app_url}" in log.read_text()
 
         wait_until("durable dev to start and sync the app", synced, deadline=DEADLINE * 2)

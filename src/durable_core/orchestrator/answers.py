@@ -116,6 +116,8 @@ async def _function_error(
     if at is not None:
         when = max(at, now_ms())
     await _retry(unit, item, run, when)
+    fields = {"attempt": item.attempt + 1, "error": error, "retry_at": when}
+    unit.note("retrying", run.run_id, run.fn_id, name, **fields)
     reason = f"retrying at attempt {item.attempt + 1}: {str(error['message'])[:200]}"
     await unit.tx.update_run(run.run_id, reason=reason)
 
@@ -155,6 +157,9 @@ class _Answer:
         rec = HistoryRecord(self.run.run_id, step, name, kind, 0, self.now, None)
         await self.unit.tx.add_history(rec)
 
+    def note(self, event: str, op: _Op, **fields: Any) -> None:
+        self.unit.note(event, self.run.run_id, self.run.fn_id, op.name, **fields)
+
     async def timer(self, step: str, at: int, payload: dict[str, Any]) -> None:
         await lifecycle.schedule(self.unit, self.run.run_id, step, at, payload)
 
@@ -181,7 +186,9 @@ async def _step_ran(a: _Answer, op: _Op) -> None:
         await a.unit.tx.add_history(rec)
         when = a.now + lifecycle.delay_ms(a.unit, a.item.attempt)
         at = retry_at(a.retry_after, a.now)
-        await _retry(a.unit, a.item, a.run, when if at is None else max(at, a.now))
+        when = when if at is None else max(at, a.now)
+        await _retry(a.unit, a.item, a.run, when)
+        a.note("retrying", op, attempt=a.item.attempt + 1, error=error, retry_at=when)
         a.reasons.append(f"step {op.name!r} failed (attempt {a.item.attempt + 1}), retrying")
         return
     memo = {"data": data} if op.kind == Opcode.STEP_RUN else {"error": error}
@@ -190,6 +197,10 @@ async def _step_ran(a: _Answer, op: _Op) -> None:
         await lifecycle.resolve(a.unit, a.run.run_id, op.step, memo)
     elif await a.unit.tx.put_memo(a.run.run_id, op.step, memo):  # once, if checkpointed too
         await a.unit.tx.add_history(rec)
+    else:
+        return
+    done = op.kind == Opcode.STEP_RUN
+    a.note("step_done" if done else "step_failed", op, error=None if done else error)
 
 
 async def _run_complete(a: _Answer, op: _Op) -> None:
@@ -219,6 +230,7 @@ async def _sleep(a: _Answer, op: _Op) -> None:
     await a.timer(op.step, wake, {"memo": None})
     until = _dt.datetime.fromtimestamp(wake / 1000, _dt.UTC).isoformat()
     a.reasons.append(f"sleeping until {until}")
+    a.note("sleeping", op, until=wake)
 
 
 async def _wait_for_event(a: _Answer, op: _Op) -> None:
@@ -239,6 +251,7 @@ async def _wait_for_event(a: _Answer, op: _Op) -> None:
     await a.history(op.step, op.name, op.kind)
     await a.timer(op.step, expires, {"memo": None, "only_if": "wait"})
     a.reasons.append(f"waiting for event {event_name!r}")
+    a.note("waiting", op, waiting_for=f"event {event_name!r}", until=expires)
 
 
 async def _wait_for_signal(a: _Answer, op: _Op) -> None:
@@ -257,6 +270,7 @@ async def _wait_for_signal(a: _Answer, op: _Op) -> None:
     expires = a.now + _ms(op.opts.get("timeout"), WAIT_DEFAULT_MS)
     await a.timer(op.step, expires, {"memo": None, "only_if": "signal"})
     a.reasons.append(f"waiting for signal {signal!r}")
+    a.note("waiting", op, waiting_for=f"signal {signal!r}", until=expires)
 
 
 async def _invoke(a: _Answer, op: _Op) -> None:
@@ -287,6 +301,7 @@ async def _invoke(a: _Answer, op: _Op) -> None:
         await a.timer(op.step, now_ms() + _ms(timeout, 0), {"memo": {"error": err}})
     a.waiting.append(op.step)
     a.reasons.append(f"waiting for invoked run {child} of {fn_id}")
+    a.note("waiting", op, waiting_for=f"invoked run {child} of {fn_id}")
 
 
 async def _gateway(a: _Answer, op: _Op) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 from .._faults import fault
 from .._limits import Budget
 from ..errors import CheckpointError, RunCancelledError
+from . import runlog
 from .store import FunctionRecord, HistoryRecord, QueueItem, Store, now_ms
 from .watch import Watchers
 
@@ -105,6 +106,7 @@ class StepBuffer:
                 raise RunCancelledError(f"run {rec.run_id} has ended; its request stops here")
             fault("checkpoint.committed")
             self.buffer.pop(0)
+            runlog.tell("step_done", rec.run_id, self.fn.fn_id, rec.name)
 
     async def _store(self, rec: HistoryRecord, memo: dict[str, Any]) -> bool:
         for attempt in range(ATTEMPTS):

@@ -22,7 +22,7 @@ from .._limits import Budget, RunLimits, Usage
 from .._steps import Checkpoints
 from ..errors import RunErrorName, run_error
 from ..protocol import execution_request
-from . import answers, claiming, gateway, intake, lifecycle, limits, moments, timers
+from . import answers, claiming, gateway, intake, lifecycle, limits, moments, runlog, timers
 from .checkpoints import StepBuffer
 from .gateway import GatewayClient, GatewayRequest
 from .registry import Registry
@@ -113,6 +113,7 @@ class Dispatcher:
                 self._spawn(item, run)
             for run in unit.effects.finished:
                 self.watchers.settled(run.run_id)
+            runlog.write(unit.effects.changes)
             return result
         raise AssertionError("unreachable")
 
@@ -298,6 +299,7 @@ class Dispatcher:
             for rec, memo in steps.buffer:  # finished steps not yet stored: now, with the answer
                 if await unit.tx.put_memo(rec.run_id, rec.step, memo):
                     await unit.tx.add_history(rec)
+                    unit.note("step_done", rec.run_id, fn.fn_id, rec.name)
             await answers.apply(unit, answered, current, result, started, bounds, budget.usage)
             return unit.finished_run(run.run_id) or current
 

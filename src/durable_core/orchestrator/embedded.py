@@ -309,7 +309,7 @@ class Embedded:
             )
         return self.orchestrator
 
-    async def _forward_json(self, path: str, body: Any) -> Any:
+    async def _forward_json(self, path: str, body: Any, missing: Any = ...) -> Any:
         headers = {"content-type": "application/json", **self.durable.api_headers()}
         try:
             status, _, raw = await local_socket.forward_async(
@@ -321,6 +321,8 @@ class Embedded:
             answer = json.loads(raw) if raw else {}
         except ValueError:
             answer = {"error": raw.decode("utf-8", "replace")[:500]}
+        if status == 404 and missing is not ...:
+            return missing
         if status >= 400:
             raise DurableError(
                 f"the orchestrator answered HTTP {status}: {answer.get('error', answer)}"
@@ -350,6 +352,14 @@ class Embedded:
         run = await orch.wait_for_run(run_id, float(body.get("timeout", 30.0)))
         assert run is not None
         return run_json(run)
+
+    async def signal(self, name: str, data: Any) -> str | None:
+        _checked(data, "data", "signal")
+        if self.orchestrator is None and self.forwarding:
+            answer = await self._forward_json("/v1/signals", {"signal": name, "data": data}, {})
+            run_id = answer.get("run_id")
+            return None if run_id is None else str(run_id)
+        return await self._orch().signal(name, data)
 
     def call_blocking(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._loop is None:  # never started here (a forked worker before its first request)

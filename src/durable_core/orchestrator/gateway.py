@@ -231,4 +231,6 @@ async def apply(
         payload=payload,
     )
     reason = f"step {name!r}: {str(error['message'])[:200]}; retrying (attempt {item.attempt + 2})"
+    unit.note("retrying", run.run_id, run.fn_id, name, attempt=item.attempt + 1,
+              error=error, retry_at=when)  # fmt: skip
     await unit.tx.update_run(item.run_id, reason=reason)

@@ -109,6 +109,7 @@ async def _start(
     unit: Unit, fn: FunctionRecord, run: RunRecord, flow: dict[str, Any] | None, lease: int | None
 ) -> None:
     now = now_ms()
+    unit.note("started", run.run_id, fn.fn_id)
     item_id = await unit.tx.enqueue(
         run.run_id, ItemKind.DISCOVERY, available_at=now, lease_until=lease, flow=flow
     )
@@ -154,6 +155,7 @@ async def finish(
     await unit.tx.update_run(run.run_id, status=status, ended_at=ended, **fields)
     await unit.tx.clear_run(run.run_id)
     unit.effects.finished.append(dataclasses.replace(run, status=status, ended_at=ended, **fields))
+    unit.note(status.value, run.run_id, run.fn_id, error=error, reason=reason)
     unit.effects.emitted.append(_system_event(run, status, output, error, reason))
     if run.parent_run_id and run.parent_step:
         await resolve(unit, run.parent_run_id, run.parent_step, _child_memo(status, fields))

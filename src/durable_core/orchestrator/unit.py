@@ -10,9 +10,10 @@ calls back into the service or hangs state on the store's transaction.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..events import Event
+from . import runlog
 from .registry import Registry
 from .store import QueueItem, RunRecord, Tx
 
@@ -33,6 +34,8 @@ class Effects:
     finished: list[RunRecord] = dataclasses.field(default_factory=list)
     #: System events emitted by the unit (stored and matched before it commits).
     emitted: list[Event] = dataclasses.field(default_factory=list)
+    #: Changes of run states, logged after the commit (`runlog.py`).
+    changes: list[runlog.Change] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -42,6 +45,12 @@ class Unit:
     backoff: tuple[float, ...]
     capacity: Capacity | None = None
     effects: Effects = dataclasses.field(default_factory=Effects)
+
+    def note(
+        self, event: str, run_id: str, fn_id: str, step: str | None = None, **fields: Any
+    ) -> None:
+        """Log a change of a run's state once the unit commits (`runlog.py`)."""
+        runlog.note(self.effects.changes, event, run_id, fn_id, step, **fields)
 
     def finished_run(self, run_id: str) -> RunRecord | None:
         return next((r for r in self.effects.finished if r.run_id == run_id), None)

@@ -1,0 +1,5 @@
+"""`python -m durable_core.cli`."""
+
+from . import main
+
+main()
