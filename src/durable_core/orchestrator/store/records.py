@@ -177,6 +177,10 @@ class RunFilter:
     before: int | None = None
     #: Only runs listed after this (created_at, run_id) in the newest-first order: a cursor.
     after: tuple[int, str] | None = None
+    #: Only runs created at or after this time (ms).
+    since: int | None = None
+    #: Only runs started by the event with this id (its `id`, as sent or given).
+    event_id: str | None = None
 
 
 @dataclasses.dataclass(slots=True)

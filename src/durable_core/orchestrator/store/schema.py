@@ -88,6 +88,11 @@ _MEMO_ORDER = """
     ALTER TABLE memos ADD COLUMN seq {bigint};
 """
 
+# The runs a run invoked, found by their parent (the dashboard links them).
+_CHILDREN = """
+    CREATE INDEX runs_by_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+"""
+
 
 def migrations(dialect: Dialect) -> list[str]:
     """The migrations in order, as scripts for `dialect` (version n is item n - 1); a script
@@ -99,6 +104,7 @@ def migrations(dialect: Dialect) -> list[str]:
         _QUEUE_IDS_UNIQUE.format(**words) if dialect.reuses_ids else "",
         _LEASE_OWNERS,
         _MEMO_ORDER.format(**words),
+        _CHILDREN,
     ]
 
 

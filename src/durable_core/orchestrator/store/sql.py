@@ -69,6 +69,11 @@ _ADD_HISTORY = (
 )
 
 
+def _like(text: str) -> str:
+    """`text` matched literally by `LIKE ? ESCAPE '\\'`."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _filtered(
     table: str, conds: list[tuple[str, tuple[Any, ...]]], order: str, limit: int
 ) -> tuple[str, list[Any]]:
@@ -199,6 +204,11 @@ class SqlTx(QueueSql, Tx):
             conds.append(("created_at<?", (flt.before,)))
         if flt.after is not None:
             conds.append(_after("created_at", "run_id", flt.after))
+        if flt.since is not None:
+            conds.append(("created_at>=?", (flt.since,)))
+        if flt.event_id is not None:  # the text of `events` holds each event's `"id":"..."`
+            needle = dump({"id": flt.event_id})[1:-1]
+            conds.append(("events LIKE ? ESCAPE '\\'", (f"%{_like(needle)}%",)))
         sql, args = _filtered("runs", conds, "created_at DESC, run_id DESC", flt.limit)
         return [run_from_row(r) for r in await self.db.rows(sql, args)]
 
