@@ -82,14 +82,17 @@ class Dashboard:
             Route("/logout", self.logout, methods=["POST"]),
         ]
 
-    def _page(self, name: str, status: int = 200, message: str = "") -> Response:
-        html = (_asset(name) or b"").decode().replace("{{message}}", message)
+    def _page(self, name: str, status: int = 200, **fills: str) -> Response:
+        """A page, its `{{name}}` places filled (with text of ours, never a request's)."""
+        html = (_asset(name) or b"").decode()
+        for place, text in fills.items():
+            html = html.replace("{{" + place + "}}", text)
         return HTMLResponse(html, status_code=status, headers=_HEADERS)
 
     async def index(self, request: Request) -> Response:
         if self.signing_key is not None and session_problem(request, self.signing_key):
-            return self._page("login.html")
-        return self._page("index.html")
+            return self._page("login.html", message="")
+        return self._page("index.html", logout="" if self.signing_key else "hidden")
 
     async def static(self, request: Request) -> Response:
         name = str(request.path_params["name"])
@@ -106,7 +109,7 @@ class Dashboard:
         key = (form.get("key") or [""])[0].strip()
         if not hmac.compare_digest(key.encode(), self.signing_key.encode()):
             msg = "That key is not this orchestrator's signing key."
-            return self._page("login.html", 401, msg)
+            return self._page("login.html", 401, message=msg)
         answer = RedirectResponse("./", status_code=303)
         answer.set_cookie(
             COOKIE, session_value(self.signing_key), httponly=True, samesite="strict",
