@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from tests.orchestrator.conftest import DEADLINE, UvicornApp
 
 from adapters.fastapi import Serve
 from durable_core import Context, Durable, NonRetriableError, TriggerEvent
@@ -17,8 +18,6 @@ from durable_core.orchestrator.api import Api
 from durable_core.orchestrator.service import Orchestrator
 from durable_core.orchestrator.store import open_store
 from durable_core.signing import hashed_signing_key
-
-from tests.orchestrator.conftest import DEADLINE, UvicornApp
 
 SERVE_PATH = "/api/durable"
 KEY = "signkey-prod-" + "5eed" * 16

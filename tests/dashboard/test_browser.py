@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 from playwright.sync_api import expect
-
 from tests.orchestrator.conftest import wait_until
+
 from .conftest import screenshot
 from .stack import KEY, Stack, stack
 
@@ -44,7 +44,13 @@ def test_runs_list_and_a_run_timeline(page: Any, tmp_path: Path) -> None:
         page.locator(f"tr[data-run='{run['run_id']}']").click()
         expect(page).to_have_url(f"{s.url}/#/runs/{run['run_id']}")
         expect(page.locator(".run-head .pill")).to_have_text("completed")
-        steps = ["validate-order", "reserve-stock", "charge-card", "wait-for-settlement", "send-receipt"]
+        steps = [
+            "validate-order",
+            "reserve-stock",
+            "charge-card",
+            "wait-for-settlement",
+            "send-receipt",
+        ]
         for name in steps:
             expect(page.locator(f".tl-row[data-step='{name}']").first).to_be_visible()
         # The failed attempt and its retry are two bars.
@@ -100,7 +106,9 @@ def test_login_with_the_production_key(page: Any, tmp_path: Path) -> None:
         expect(page.locator("tr[data-run]")).to_have_count(1)
         (cookie,) = page.context.cookies()
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-        assert KEY not in cookie["value"] and KEY.removeprefix("signkey-prod-") not in cookie["value"]
+        assert (
+            KEY not in cookie["value"] and KEY.removeprefix("signkey-prod-") not in cookie["value"]
+        )
         # The cookie alone changes nothing without the dashboard's header (CSRF).
         run_id = s.runs("checkout")[0]["run_id"]
         refused = page.request.post(f"{s.url}/v1/runs/{run_id}/rerun")
