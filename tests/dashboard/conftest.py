@@ -34,8 +34,10 @@ def durable_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DURABLE_FAST_RETRIES", "1")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one module's tests: Playwright's sync API holds an event loop in this
+    thread until it stops, which the async tests after them need free."""
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
         message = (
             f"{CHROMIUM} is missing: install it with `sudo apt-get install -y chromium` "

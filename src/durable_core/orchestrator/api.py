@@ -77,6 +77,10 @@ def _duration(start: int | None, end: int | None) -> int | None:
     return None if start is None or end is None else end - start
 
 
+def _queue_delay(queued: int | None, started: int) -> int | None:
+    return None if queued is None else max(0, started - queued)
+
+
 def run_json(run: RunRecord, steps: list[HistoryRecord] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "run_id": run.run_id,
@@ -104,6 +108,8 @@ def run_json(run: RunRecord, steps: list[HistoryRecord] | None = None) -> dict[s
                 "started_at": _iso(s.started_at),
                 "ended_at": _iso(s.ended_at),
                 "duration_ms": _duration(s.started_at, s.ended_at),
+                "queued_at": _iso(s.queued_at),
+                "queue_delay_ms": _queue_delay(s.queued_at, s.started_at),
                 "output": s.output,
                 "error": s.error,
             }

@@ -74,7 +74,8 @@ class StepBuffer:
     async def record(self, op: dict[str, Any]) -> None:
         self._check_open()
         now = now_ms()
-        attempt = self.item.attempt if self.count == 0 else 0
+        first = self.count == 0  # the request's wait in the queue was before its first step
+        attempt = self.item.attempt if first else 0
         self.count += 1
         data = op.get("data")
         rec = HistoryRecord(
@@ -86,6 +87,7 @@ class StepBuffer:
             op.get("started_at", now),
             now,
             data,
+            queued_at=self.item.available_at if first else None,
         )
         self.buffer.append((rec, {"data": data}))
         details = {

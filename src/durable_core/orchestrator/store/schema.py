@@ -88,9 +88,12 @@ _MEMO_ORDER = """
     ALTER TABLE memos ADD COLUMN seq {bigint};
 """
 
-# The runs a run invoked, found by their parent (the dashboard links them).
-_CHILDREN = """
+# For the dashboard: the runs a run invoked, found by their parent; and when the request that
+# ran a step attempt was due (`queued_at`), so its wait in the queue shows apart from its time
+# in the app (`started_at` to `ended_at`).
+_DASHBOARD = """
     CREATE INDEX runs_by_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+    ALTER TABLE history ADD COLUMN queued_at {bigint};
 """
 
 
@@ -104,7 +107,7 @@ def migrations(dialect: Dialect) -> list[str]:
         _QUEUE_IDS_UNIQUE.format(**words) if dialect.reuses_ids else "",
         _LEASE_OWNERS,
         _MEMO_ORDER.format(**words),
-        _CHILDREN,
+        _DASHBOARD.format(**words),
     ]
 
 

@@ -64,8 +64,8 @@ _CLAIM_KEY = (
     " expires_at=excluded.expires_at WHERE keys.expires_at<=?"
 )
 _ADD_HISTORY = (
-    "INSERT INTO history (run_id, step, name, op, attempt, started_at, ended_at, output, error)"
-    " VALUES (?,?,?,?,?,?,?,?,?)"
+    "INSERT INTO history (run_id, step, name, op, attempt, started_at, ended_at, output, error,"
+    " queued_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -262,7 +262,7 @@ class SqlTx(QueueSql, Tx):
             _ADD_HISTORY,
             (
                 rec.run_id, rec.step, rec.name, rec.op, rec.attempt, rec.started_at, rec.ended_at,
-                _json(rec.output), _json(rec.error),
+                _json(rec.output), _json(rec.error), rec.queued_at,
             ),
         )  # fmt: skip
 

@@ -25,7 +25,8 @@ function stepDetail(step) {
   const kv = h("div", { class: "kv" },
     h("span", {}, "Step id"), h("span", { class: "mono" }, step.id), h("span", {}, "Kind"), h("span", {}, step.op),
     h("span", {}, "Attempt"), h("span", {}, String(step.attempt + 1)),
-    h("span", {}, "Started"), h("span", {}, when(step.started_at)), h("span", {}, "Took"), h("span", {}, ms(step.duration_ms)));
+    h("span", {}, "Started"), h("span", {}, when(step.started_at)), h("span", {}, "In the app"), h("span", {}, ms(step.duration_ms)),
+    h("span", {}, "Queued"), h("span", {}, step.queued_at ? ms(step.queue_delay_ms) : "—"));
   const error = step.error
     ? [h("h3", {}, "Error"), h("p", { class: "error" }, `${step.error.name || "Error"}: ${step.error.message || ""}`),
       step.error.stack ? h("pre", {}, step.error.stack) : null]
