@@ -60,9 +60,9 @@ from .api_input import (
 )
 from .api_ops import OpsApi
 from .dashboard import Dashboard, session_problem
+from .insight import children, waiting_on
 from .service import Orchestrator
 from .store import EventFilter, HistoryRecord, RunFilter, RunRecord, RunStatus
-from .store.insight import children, waiting_on
 
 __all__ = ["MAX_BODY", "Api", "run_json"]
 

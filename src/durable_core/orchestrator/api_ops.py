@@ -8,11 +8,13 @@
 A bulk filter needs at least one of `function_id`, `status`, `since`, `before` (times in ms
 since the epoch; `since` inclusive, `before` exclusive) and acts on at most `limit` runs
 (default 100, at most 1000), newest first; the answer says how many matched and were acted on.
-Function statistics are computed over each function's last 500 runs.
+Function statistics are computed over each function's last 500 runs, at most once every
+5 seconds (a dashboard polls them).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,15 +26,16 @@ from starlette.routing import Route
 from .. import _bounded_json
 from .api_http import JsonAnswer, read_body
 from .api_input import Problem, no_nul, validation
+from .insight import recent_runs
 from .rerun import NO_OUTPUT, UnknownStep
 from .service import Orchestrator
 from .store import RunFilter, RunRecord, RunStatus
-from .store.insight import recent_runs
 
 __all__ = ["STATS_WINDOW", "OpsApi"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 STATS_WINDOW = 500
+STATS_FRESH_S = 5.0
 BULK_MAX = 1000
 
 
@@ -80,6 +83,7 @@ class OpsApi:
         self.orch = orch
         self.authorize = authorize
         self.guard = guard
+        self._stats: tuple[float, dict[str, Any]] | None = None
 
     def routes(self) -> list[Route]:
         return [
@@ -142,12 +146,15 @@ class OpsApi:
 
     async def stats(self, request: Request) -> Response:
         self.authorize(request)
-        out = []
-        for fn in self.orch.functions.all():
-            async with self.orch.store.snapshot() as tx:
-                runs = await recent_runs(tx, fn.fn_id, STATS_WINDOW)
-            out.append({"function_id": fn.fn_id, **_summary(runs)})
-        return JsonAnswer({"data": out, "window": STATS_WINDOW})
+        now = time.monotonic()
+        if self._stats is None or now - self._stats[0] > STATS_FRESH_S:
+            out = []
+            for fn in self.orch.functions.all():
+                async with self.orch.store.snapshot() as tx:
+                    runs = await recent_runs(tx, fn.fn_id, STATS_WINDOW)
+                out.append({"function_id": fn.fn_id, **_summary(runs)})
+            self._stats = (now, {"data": out, "window": STATS_WINDOW})
+        return JsonAnswer(self._stats[1])
 
 
 def _summary(runs: list[Any]) -> dict[str, Any]:

@@ -182,7 +182,7 @@ class RunFilter:
     after: tuple[int, str] | None = None
     #: Only runs created at or after this time (ms).
     since: int | None = None
-    #: Only runs started by the event with this id (its `id`, as sent or given).
+    #: Only runs whose first (triggering) event has this id (its `id`, as sent or given).
     event_id: str | None = None
 
 

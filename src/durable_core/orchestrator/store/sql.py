@@ -69,11 +69,6 @@ _ADD_HISTORY = (
 )
 
 
-def _like(text: str) -> str:
-    """`text` matched literally by `LIKE ? ESCAPE '\\'`."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def _filtered(
     table: str, conds: list[tuple[str, tuple[Any, ...]]], order: str, limit: int
 ) -> tuple[str, list[Any]]:
@@ -200,15 +195,16 @@ class SqlTx(QueueSql, Tx):
         conds: list[tuple[str, tuple[Any, ...]]] = [("fn_id=?", (flt.fn_id,))] if flt.fn_id else []
         if flt.status:
             conds.append(("status=?", (flt.status.value,)))
+            if not flt.status.finished:  # spelled out, so the planner takes `runs_unfinished`
+                conds.append((_UNFINISHED, ()))
         if flt.before is not None:
             conds.append(("created_at<?", (flt.before,)))
         if flt.after is not None:
             conds.append(_after("created_at", "run_id", flt.after))
         if flt.since is not None:
             conds.append(("created_at>=?", (flt.since,)))
-        if flt.event_id is not None:  # the text of `events` holds each event's `"id":"..."`
-            needle = dump({"id": flt.event_id})[1:-1]
-            conds.append(("events LIKE ? ESCAPE '\\'", (f"%{_like(needle)}%",)))
+        if flt.event_id is not None:
+            conds.append((f"{self.dialect.first_event_id}=?", (flt.event_id,)))
         sql, args = _filtered("runs", conds, "created_at DESC, run_id DESC", flt.limit)
         return [run_from_row(r) for r in await self.db.rows(sql, args)]
 

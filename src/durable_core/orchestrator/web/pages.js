@@ -11,7 +11,7 @@ export function eventsPage(main, params) {
   main.append(h("h1", {}, "Events"), h("div", { class: "split" }, list, detail));
   async function showEvent(e) {
     chosen = e;
-    const q = new URLSearchParams({ event_id: e.id, since: String(Date.parse(e.received_at) - 1000), limit: "50" });
+    const q = new URLSearchParams({ event_id: e.id, limit: "50" });
     const runs = (await api(`v1/runs?${q}`)).data;
     const rows = runs.map((r) => h("div", {}, pill(r.status), " ",
       h("a", { href: `#/runs/${encodeURIComponent(r.run_id)}` }, `${r.function_id} · ${r.run_id}`)));

@@ -6,8 +6,9 @@ import { timeline } from "./timeline.js";
 function waitingText(w) {
   const until = w.until ? ` until ${when(new Date(w.until).toISOString())}` : "";
   if (w.kind === "event") return `Waiting for event “${w.event}”${w.expression ? ` matching ${w.expression}` : ""}${until}`;
-  if (w.kind === "signal") return `Waiting for signal “${w.signal}”`;
-  if (w.kind === "timer") return `Sleeping${until}`;
+  if (w.kind === "signal") return `Waiting for signal “${w.signal}”${until}`;
+  if (w.kind === "sleep") return `Sleeping${until}`;
+  if (w.kind === "cancel_on") return `Cancelled by event “${w.event}”${w.expression ? ` matching ${w.expression}` : ""}${until}`;
   return `Times out${until}`;
 }
 

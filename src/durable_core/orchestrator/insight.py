@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .interface import Tx
-from .records import ItemKind, load
-from .sql import SqlTx
+from . import timeouts
+from .store import ItemKind, Tx
+from .store.sql import SqlTx
 
 __all__ = ["RecentRun", "children", "recent_runs", "waiting_on"]
 
@@ -27,25 +27,31 @@ def _sql(tx: Tx) -> SqlTx:
 
 
 async def waiting_on(tx: Tx, run_id: str) -> list[dict[str, Any]]:
-    """What the run waits for: events (with their expression), signals, and timers."""
+    """What the run waits for: events (with their expression) and signals, each until its
+    timeout; sleeps; its own timeouts; and the events that would cancel it."""
     db = _sql(tx).db
-    out: list[dict[str, Any]] = []
-    for r in await db.rows(
-        "SELECT step, event_name, expression, expires_at FROM waits WHERE run_id=?", (run_id,)
-    ):
-        out.append({"kind": "event", "step": r["step"], "event": r["event_name"],
-                    "expression": r["expression"], "until": int(r["expires_at"])})  # fmt: skip
-    for r in await db.rows("SELECT signal, step FROM signals WHERE run_id=?", (run_id,)):
-        out.append({"kind": "signal", "step": r["step"], "signal": r["signal"]})
     rows = await db.rows(
-        "SELECT kind, step, available_at, payload FROM queue WHERE run_id=? AND kind IN (?,?)",
+        "SELECT kind, step, available_at FROM queue WHERE run_id=? AND kind IN (?,?)",
         (run_id, ItemKind.RESUME.value, ItemKind.TIMEOUT.value),
     )
-    for r in rows:
-        kind = "timeout" if r["kind"] == ItemKind.TIMEOUT.value else "timer"
-        payload = load(r["payload"]) or {}
-        out.append({"kind": kind, "step": r["step"], "until": int(r["available_at"]),
-                    "resumes_with": "timeout" if payload.get("memo") is None else "result"})  # fmt: skip
+    timers = {r["step"]: int(r["available_at"]) for r in rows if r["kind"] == ItemKind.RESUME}
+    out: list[dict[str, Any]] = [
+        {"kind": "timeout", "until": int(r["available_at"])}
+        for r in rows
+        if r["kind"] == ItemKind.TIMEOUT
+    ]
+    waits = await db.rows(
+        "SELECT step, event_name, expression, expires_at FROM waits WHERE run_id=?", (run_id,)
+    )
+    for r in waits:
+        kind = "cancel_on" if r["step"].startswith(timeouts.CANCEL_STEP) else "event"
+        timers.pop(r["step"], None)
+        out.append({"kind": kind, "step": r["step"], "event": r["event_name"],
+                    "expression": r["expression"], "until": int(r["expires_at"])})  # fmt: skip
+    for r in await db.rows("SELECT signal, step FROM signals WHERE run_id=?", (run_id,)):
+        until = timers.pop(r["step"], None)
+        out.append({"kind": "signal", "step": r["step"], "signal": r["signal"], "until": until})
+    out += [{"kind": "sleep", "step": step, "until": at} for step, at in timers.items()]
     return out
 
 
