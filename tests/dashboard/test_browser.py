@@ -91,6 +91,22 @@ def test_rerun_from_a_step_and_see_the_new_run_complete(page: Any, tmp_path: Pat
         assert len(s.runs("checkout")) == 2
 
 
+def test_functions_page_and_invoke_a_function_with_data(page: Any, tmp_path: Path) -> None:
+    with stack(f"sqlite:///{tmp_path}/d.db") as s:
+        page.goto(f"{s.url}/#/functions")
+        row = page.locator("tr", has_text="shop-checkout")
+        expect(row).to_contain_text("event shop/order.created")
+        page.goto(f"{s.url}/#/actions")
+        page.get_by_label("Function").select_option("shop-checkout")
+        page.locator(".card", has_text="Invoke function").locator("textarea").fill(
+            '{"order": "I-9"}'
+        )
+        page.get_by_role("button", name="Invoke function").click()
+        expect(page.locator(".run-head .pill")).to_have_text("completed")
+        run_id = page.url.rsplit("/", 1)[-1]
+        assert s.api.get(f"/v1/runs/{run_id}").json()["output"]["order"] == "I-9"
+
+
 def test_login_with_the_production_key(page: Any, tmp_path: Path) -> None:
     with stack(f"sqlite:///{tmp_path}/d.db", key=KEY) as s:
         s.send("shop/order.created", {"order": "P-1"})

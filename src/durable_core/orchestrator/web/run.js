@@ -78,7 +78,7 @@ function header(run) {
 function runInfo(run) {
   const parts = [];
   for (const w of run.waiting_on || []) parts.push(h("div", { class: "notice" }, waitingText(w)));
-  if (run.reason) parts.push(h("div", { class: "notice" }, run.reason));
+  if (run.reason && !parts.length) parts.push(h("div", { class: "notice" }, run.reason));
   if (run.error) parts.push(h("div", { class: "notice bad" }, `${run.error.name || "Error"}: ${run.error.message || ""}`));
   return parts;
 }
