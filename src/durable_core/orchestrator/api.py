@@ -156,7 +156,7 @@ class Api:
             Route("/v1/signals", self._guarded(self.signal), methods=["POST"]),
             Route("/health", self._guarded(self.health), methods=["GET"]),
             *EndpointCheckpoints(self.orch, self._authorize, self._guarded).routes(),
-            *Dashboard(self.orch.signing_key).routes(),
+            *Dashboard(self.orch.signing_key, self._guarded).routes(),
         ]
 
     def app(

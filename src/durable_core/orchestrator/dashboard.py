@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from urllib.parse import parse_qs
 
@@ -28,6 +29,7 @@ from .api_input import Problem
 
 __all__ = ["COOKIE", "CSRF_HEADER", "Dashboard", "session_problem", "session_value"]
 
+Handler = Callable[[Request], Awaitable[Response]]
 COOKIE = "durable_session"
 CSRF_HEADER = "x-durable-dashboard"
 _TYPES = {
@@ -71,15 +73,19 @@ def _asset(name: str) -> bytes | None:
 
 
 class Dashboard:
-    def __init__(self, signing_key: str | None) -> None:
+    """`guard` answers a handler's failures as JSON errors (`api_http.guarded`)."""
+
+    def __init__(self, signing_key: str | None, guard: Callable[[Handler], Handler]) -> None:
         self.signing_key = signing_key
+        self.guard = guard
 
     def routes(self) -> list[Route]:
+        g = self.guard
         return [
-            Route("/", self.index, methods=["GET", "HEAD"]),
-            Route("/static/{name}", self.static, methods=["GET", "HEAD"]),
-            Route("/login", self.login, methods=["POST"]),
-            Route("/logout", self.logout, methods=["POST"]),
+            Route("/", g(self.index), methods=["GET", "HEAD"]),
+            Route("/static/{name}", g(self.static), methods=["GET", "HEAD"]),
+            Route("/login", g(self.login), methods=["POST"]),
+            Route("/logout", g(self.logout), methods=["POST"]),
         ]
 
     def _page(self, name: str, status: int = 200, **fills: str) -> Response:
