@@ -40,6 +40,13 @@ def test_a_wrong_key_is_refused_and_sets_no_cookie(client: TestClient) -> None:
     assert res.status_code == 401
     assert "not this orchestrator's signing key" in res.text
     assert COOKIE not in res.cookies
+    not_hex = client.post("/login", data={"key": "hunter2"}, follow_redirects=False)
+    assert not_hex.status_code == 401 and COOKIE not in not_hex.cookies
+
+
+def test_the_key_is_taken_with_or_without_its_prefix(client: TestClient) -> None:
+    res = client.post("/login", data={"key": "ab" * 32}, follow_redirects=False)
+    assert res.status_code == 303 and COOKIE in res.cookies
 
 
 def test_the_right_key_gives_a_session_that_v1_accepts(client: TestClient) -> None:

@@ -24,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from .. import signing
+from ..errors import SignatureError
 from .api_http import read_body
 from .api_input import Problem
 
@@ -72,6 +74,15 @@ def _asset(name: str) -> bytes | None:
     return path.read_bytes() if path.is_file() else None
 
 
+def _same_key(given: str, key: str) -> bool:
+    """Whether `given` is `key`, with or without its `signkey-<env>-` prefix."""
+    try:
+        hashed = signing.hashed_signing_key(given)
+    except SignatureError:
+        return False
+    return hmac.compare_digest(hashed.encode(), signing.hashed_signing_key(key).encode())
+
+
 class Dashboard:
     """`guard` answers a handler's failures as JSON errors (`api_http.guarded`)."""
 
@@ -113,7 +124,7 @@ class Dashboard:
             return RedirectResponse("./", status_code=303)
         form = parse_qs((await read_body(request, 8192)).decode("utf-8", "replace"))
         key = (form.get("key") or [""])[0].strip()
-        if not hmac.compare_digest(key.encode(), self.signing_key.encode()):
+        if not _same_key(key, self.signing_key):
             msg = "That key is not this orchestrator's signing key."
             return self._page("login.html", 401, message=msg)
         answer = RedirectResponse("./", status_code=303)
