@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test check lint typecheck bench clean
+.PHONY: run test check lint typecheck bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,19 @@ $(PEER_TS_STAMP): $(PEER_TS)/package-lock.json
 		echo "npm is missing: the TypeScript peer tests need node and npm" >&2; exit 1; \
 	else echo "npm is missing: the TypeScript peer tests will be skipped"; fi
 
-test: $(STAMP) $(PEER_TS_STAMP)
+# Debian's chromium for the dashboard's browser tests (tests/dashboard), installed when missing
+# and this runs as root; otherwise those tests skip, saying how, except under CI=true.
+CHROMIUM := /usr/bin/chromium
+
+chromium:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = "0" ]; then \
+		apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
+	elif [ "$$CI" = "true" ]; then \
+		echo "$(CHROMIUM) is missing: the dashboard tests need it (sudo apt-get install -y chromium)" >&2; exit 1; \
+	else echo "$(CHROMIUM) is missing: the dashboard tests will be skipped (sudo apt-get install -y chromium)"; fi
+
+test: $(STAMP) $(PEER_TS_STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

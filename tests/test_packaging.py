@@ -138,6 +138,10 @@ def test_wheel_is_named_durable_core_and_carries_the_durable_command(wheel: Path
     assert metadata["Version"] == VERSION
     assert dict(entry_points["console_scripts"]) == {"durable": "durable_core.cli:main"}
     assert {"durable_core/py.typed", "adapters/py.typed"} <= names
+    assert {
+        "durable_core/orchestrator/web/index.html",
+        "durable_core/orchestrator/web/app.js",
+    } <= names
     # Only our two import packages are installed at the top level (no tests, examples...).
     assert {n.split("/")[0] for n in names} == {*PACKAGES, info}
 

@@ -116,7 +116,8 @@ def durable_api_urls(durable: Durable) -> list[URLPattern]:
             response[key] = value
         return response
 
-    return [re_path(r"^(?P<sub>.+)$", api, name="durable-api")]
+    # sub "" is the dashboard, at the root of the mount
+    return [re_path(r"^(?P<sub>.*)$", api, name="durable-api")]
 
 
 def workflow_view(fn: Function[Any]) -> View:

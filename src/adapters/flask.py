@@ -73,6 +73,9 @@ class DurableBlueprint(Blueprint):
         self.add_url_rule(path, "serve", self._serve, methods=_METHODS)
         if self.embedded is not None:
             self.add_url_rule(f"{api_path}/<path:sub>", "api", self._api, methods=_METHODS)
+            # The dashboard, at the API's root.
+            root = f"{api_path}/"
+            self.add_url_rule(root, "dashboard", self._api, defaults={"sub": ""}, methods=["GET"])
             self.record_once(lambda state: self._on_register(state.app))
 
     def _on_register(self, app: Any) -> None:

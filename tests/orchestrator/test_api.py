@@ -191,9 +191,12 @@ def test_run_shows_steps_attempts_and_timings(h: Harness) -> None:
     for s in run["steps"]:
         assert set(s) == {
             "id", "name", "op", "attempt", "started_at", "ended_at", "duration_ms", "output", "error",
+            "queued_at", "queue_delay_ms",
         }  # fmt: skip
         assert len(s["id"]) == 40 and s["error"] is None
         assert s["duration_ms"] == ms(s["ended_at"]) - ms(s["started_at"]) >= 0
+        if s["queued_at"] is not None:  # when its request was due: it waited until it started
+            assert s["queue_delay_ms"] == ms(s["started_at"]) - ms(s["queued_at"]) >= 0
 
 
 def test_unknown_run_is_404(h: Harness) -> None:

@@ -100,11 +100,11 @@ async def _function_error(
     # A failed attempt of the whole request is part of the run's story too.
     step = item.step or "function"
     name = "(function)" if item.step is None else step
-    await unit.tx.add_history(
-        HistoryRecord(
-            run.run_id, step, name, "FunctionError", item.attempt, started, now_ms(), None, error
-        )
-    )
+    rec = HistoryRecord(
+        run.run_id, step, name, "FunctionError", item.attempt, started, now_ms(), None, error,
+        queued_at=item.available_at,
+    )  # fmt: skip
+    await unit.tx.add_history(rec)
     fn = unit.functions.get(run.fn_id)
     max_attempts = (fn.retries if fn else 0) + 1
     no_retry = res.headers.get(Header.NO_RETRY) == "true" or (res.status == 404 and fn is None)
@@ -180,8 +180,9 @@ async def _step_ran(a: _Answer, op: _Op) -> None:
     data = op.raw.get("data") if op.kind == Opcode.STEP_RUN else None
     error = limits.clip_error(op.raw.get("error"))
     rec = HistoryRecord(
-        a.run.run_id, op.step, op.name, op.kind, a.item.attempt, a.started, a.now, data, error
-    )
+        a.run.run_id, op.step, op.name, op.kind, a.item.attempt, a.started, a.now, data, error,
+        queued_at=a.item.available_at,
+    )  # fmt: skip
     if op.kind == Opcode.STEP_ERROR:
         await a.unit.tx.add_history(rec)
         when = a.now + lifecycle.delay_ms(a.unit, a.item.attempt)

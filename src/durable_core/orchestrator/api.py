@@ -5,7 +5,10 @@
     GET  /v1/apps, /v1/functions
     GET  /v1/runs?function_id=&status=&limit=&cursor=   (`next_cursor` of the page before)
     GET  /v1/runs/{run_id}                 the run with its steps, outputs, errors, attempts, timings
-    POST /v1/runs/{run_id}/cancel, /v1/runs/{run_id}/rerun
+    POST /v1/runs/{run_id}/cancel
+    POST /v1/runs/{run_id}/rerun, /v1/runs/cancel, /v1/runs/replay; GET /v1/functions/stats
+                                           operator actions (`api_ops.py`)
+    GET  /, /static/..., POST /login       the dashboard (`dashboard.py`)
     GET  /v1/events?name=&limit=&cursor=;  POST /v1/events
     POST /v1/functions/{function_id}/invoke   {"data": {...}, "wait": bool, "timeout": seconds}
     POST /v1/signals                       {"signal": name, "data": ...}
@@ -15,7 +18,8 @@
 Every error is JSON, `{"error": "...", "status": N}` naming the problem: 400 for a bad body or
 parameter, 413 for a body over 10 MiB, 404 for an unknown id, 401 without the right key, 503
 (with `retry-after`) while the database cannot be reached. With a signing key configured,
-/fn/register and /v1 need `Authorization: Bearer <hashed key>` and /e/ needs a known event
+/fn/register and /v1 need `Authorization: Bearer <hashed key>` (or the dashboard's session
+cookie) and /e/ needs a known event
 key; both are checked before the body is read. Bodies are read within the limits of
 `_bounded_json` (size, 64 levels of nesting, integers within +-(2^53-1), no NaN, no NUL in any
 text), and ids and query parameters holding a NUL character are refused (400) on every store.
@@ -54,6 +58,9 @@ from .api_input import (
     parse_events,
     validation,
 )
+from .api_ops import OpsApi
+from .dashboard import Dashboard, session_problem
+from .insight import children, waiting_on
 from .service import Orchestrator
 from .store import EventFilter, HistoryRecord, RunFilter, RunRecord, RunStatus
 
@@ -68,6 +75,10 @@ def _iso(ms: int | None) -> str | None:
 
 def _duration(start: int | None, end: int | None) -> int | None:
     return None if start is None or end is None else end - start
+
+
+def _queue_delay(queued: int | None, started: int) -> int | None:
+    return None if queued is None else max(0, started - queued)
 
 
 def run_json(run: RunRecord, steps: list[HistoryRecord] | None = None) -> dict[str, Any]:
@@ -97,6 +108,8 @@ def run_json(run: RunRecord, steps: list[HistoryRecord] | None = None) -> dict[s
                 "started_at": _iso(s.started_at),
                 "ended_at": _iso(s.ended_at),
                 "duration_ms": _duration(s.started_at, s.ended_at),
+                "queued_at": _iso(s.queued_at),
+                "queue_delay_ms": _queue_delay(s.queued_at, s.started_at),
                 "output": s.output,
                 "error": s.error,
             }
@@ -128,6 +141,7 @@ class Api:
         return [
             # First: an app posts one checkpoint per step, and routes are matched in order.
             *CheckpointApi(self.orch, self._authorize).routes(),
+            *OpsApi(self.orch, self._authorize, self._guarded).routes(),
             Route("/fn/register", self._guarded(self.register), methods=["POST"]),
             Route("/e/{event_key}", self._guarded(self.events_in), methods=["POST"]),
             Route("/v1/apps", self._guarded(self.apps), methods=["GET"]),
@@ -138,11 +152,11 @@ class Api:
             Route("/v1/runs", self._guarded(self.runs), methods=["GET"]),
             Route("/v1/runs/{run_id}", self._guarded(self.run), methods=["GET"]),
             Route("/v1/runs/{run_id}/cancel", self._guarded(self.cancel), methods=["POST"]),
-            Route("/v1/runs/{run_id}/rerun", self._guarded(self.rerun), methods=["POST"]),
             Route("/v1/events", self._guarded(self.events), methods=["GET", "POST"]),
             Route("/v1/signals", self._guarded(self.signal), methods=["POST"]),
             Route("/health", self._guarded(self.health), methods=["GET"]),
             *EndpointCheckpoints(self.orch, self._authorize, self._guarded).routes(),
+            *Dashboard(self.orch.signing_key, self._guarded).routes(),
         ]
 
     def app(
@@ -181,10 +195,17 @@ class Api:
             return
         expected = f"Bearer {signing.hashed_signing_key(key)}"
         given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise Problem(
-                401, "missing or wrong Authorization: send 'Bearer <sha256 of the signing key>'"
-            )
+        if hmac.compare_digest(given.encode(), expected.encode()):
+            return
+        if not given and (problem := session_problem(request, key)) != "no session":
+            if problem is None:
+                return
+            raise Problem(403 if "header" in problem else 401, problem)
+        raise Problem(
+            401,
+            "missing or wrong Authorization: send 'Bearer <sha256 of the signing key>'"
+            " (or log in to the dashboard)",
+        )
 
     @staticmethod
     def _int(
@@ -244,7 +265,7 @@ class Api:
         return JsonAnswer({"data": [
             {"app_id": a.app_id, "url": a.url, "sdk": a.sdk, "framework": a.framework, "updated_at": _iso(a.updated_at)}
             for a in apps
-        ]})  # fmt: skip
+        ], "last_sync_error": self.last_refusal})  # fmt: skip
 
     async def functions(self, request: Request) -> Response:
         self._authorize(request)
@@ -281,6 +302,8 @@ class Api:
             limit=self._int(request, "limit", 50, 1, 1000) or 50,
             before=self._int(request, "before", None),
             after=parse_cursor(request.query_params.get("cursor")),
+            since=self._int(request, "since", None),
+            event_id=no_nul(request.query_params.get("event_id"), "event_id") or None,
         )
         async with self.orch.store.snapshot() as tx:
             runs = await tx.list_runs(flt)
@@ -304,19 +327,17 @@ class Api:
 
     async def run(self, request: Request) -> Response:
         run, history = await self._get_run(self._run_id(request))
-        return JsonAnswer(run_json(run, history))
+        out = run_json(run, history)
+        async with self.orch.store.snapshot() as tx:
+            out["waiting_on"] = [] if run.status.finished else await waiting_on(tx, run.run_id)
+            out["children"] = await children(tx, run.run_id)
+        return JsonAnswer(out)
 
     async def cancel(self, request: Request) -> Response:
         run_id = self._run_id(request)
         if (run := await self.orch.cancel(run_id)) is None:
             raise Problem(404, f"no run {run_id!r}")
         return JsonAnswer(run_json(run))
-
-    async def rerun(self, request: Request) -> Response:
-        run_id = self._run_id(request)
-        if (new := await self.orch.rerun(run_id)) is None:
-            raise Problem(404, f"no run {run_id!r}, or its function is no longer registered")
-        return JsonAnswer({"run_id": new}, status_code=202)
 
     async def events(self, request: Request) -> Response:
         self._authorize(request)

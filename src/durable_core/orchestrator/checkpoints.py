@@ -56,6 +56,9 @@ class StepBuffer:
         self.count = 0
         self.buffer: list[tuple[HistoryRecord, dict[str, Any]]] = []
         self.closed: str | None = None
+        #: When the step being run began, at the latest: the request's start, then the
+        #: previous step's end (an SDK that does not time its steps is timed so).
+        self.since = now_ms()
 
     def close(self, why: str) -> None:
         """The request is over (`why`): a step it still reaches stops it."""
@@ -75,7 +78,8 @@ class StepBuffer:
     async def record(self, op: dict[str, Any]) -> None:
         self._check_open()
         now = now_ms()
-        attempt = self.item.attempt if self.count == 0 else 0
+        first = self.count == 0  # the request's wait in the queue was before its first step
+        attempt = self.item.attempt if first else 0
         self.count += 1
         data = op.get("data")
         rec = HistoryRecord(
@@ -84,10 +88,12 @@ class StepBuffer:
             str(op.get("displayName") or op.get("name") or op["id"]),
             op["op"],
             attempt,
-            op.get("started_at", now),
+            op.get("started_at", self.since),
             now,
             data,
+            queued_at=self.item.available_at if first else None,
         )
+        self.since = now
         self.buffer.append((rec, {"data": data}))
         details = {
             "run_id": self.item.run_id,

@@ -19,6 +19,7 @@ from ..events import Event
 from ..options import Limits as RunLimitOptions
 from ..protocol import SystemEvent
 from . import intake, lifecycle
+from . import rerun as rerunning
 from .dispatch import Dispatcher, Limits
 from .registry import Registry
 from .scheduler import Scheduler
@@ -195,13 +196,20 @@ class Orchestrator:
         self.wake()
         return run
 
-    async def rerun(self, run_id: str) -> str | None:
+    async def rerun(
+        self, run_id: str, from_step: str | None = None, output: Any = rerunning.NO_OUTPUT
+    ) -> str | None:
+        """A new run of `run_id`'s function on its event (None if the run or its function is
+        gone); from `from_step`, with the results of the steps before it copied
+        (`rerun.py`), and `output` as that step's result if given. Raises
+        `rerun.UnknownStep` for a step the run does not have."""
+
         async def body(unit: Unit) -> str | None:
             run = await unit.tx.get_run(run_id)
             fn = self.functions.get(run.fn_id) if run else None
             if run is None or fn is None:
                 return None
-            return await lifecycle.start_run(unit, fn, run.events)
+            return await rerunning.rerun(unit, run, fn, from_step, output)
 
         new = await self.dispatcher.atomic(body)
         self.wake()

@@ -49,6 +49,13 @@ class Dialect:
     #: AUTOINCREMENT (SQLite's rowid tables); migration 3 makes queue ids unique for good.
     reuses_ids: bool = True
 
+    @property
+    def first_event_id(self) -> str:
+        """The `id` of a run's first (triggering) event, as an indexable expression."""
+        if self.name == "sqlite":
+            return "json_extract(events, '$[0].id')"
+        return "((events::json)->0->>'id')"
+
     def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
         """A condition that `column` is one of `values`, with its parameters."""
         if self.array_params:

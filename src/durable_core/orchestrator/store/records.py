@@ -156,6 +156,9 @@ class HistoryRecord:
     output: Any = None
     error: dict[str, Any] | None = None
     id: int | None = None
+    #: When the request that ran this attempt was due (ms): it waited in the queue until
+    #: `started_at`. None where unknown.
+    queued_at: int | None = None
 
 
 class ItemOptions(TypedDict, total=False):
@@ -177,6 +180,10 @@ class RunFilter:
     before: int | None = None
     #: Only runs listed after this (created_at, run_id) in the newest-first order: a cursor.
     after: tuple[int, str] | None = None
+    #: Only runs created at or after this time (ms).
+    since: int | None = None
+    #: Only runs whose first (triggering) event has this id (its `id`, as sent or given).
+    event_id: str | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -269,7 +276,7 @@ def history_from_row(r: Row) -> HistoryRecord:
     return HistoryRecord(
         run_id=r["run_id"], step=r["step"], name=r["name"], op=r["op"], attempt=r["attempt"],
         started_at=r["started_at"], ended_at=r["ended_at"], output=load(r["output"]),
-        error=load(r["error"]), id=r["id"],
+        error=load(r["error"]), id=r["id"], queued_at=r["queued_at"],
     )  # fmt: skip
 
 

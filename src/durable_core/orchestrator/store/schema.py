@@ -88,6 +88,16 @@ _MEMO_ORDER = """
     ALTER TABLE memos ADD COLUMN seq {bigint};
 """
 
+# For the dashboard: the runs a run invoked, found by their parent; the runs an event started,
+# found by the id of their first event; and when the request that
+# ran a step attempt was due (`queued_at`), so its wait in the queue shows apart from its time
+# in the app (`started_at` to `ended_at`).
+_DASHBOARD = """
+    CREATE INDEX runs_by_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+    CREATE INDEX runs_by_event ON runs ({first_event_id}, created_at);
+    ALTER TABLE history ADD COLUMN queued_at {bigint};
+"""
+
 
 def migrations(dialect: Dialect) -> list[str]:
     """The migrations in order, as scripts for `dialect` (version n is item n - 1); a script
@@ -99,6 +109,7 @@ def migrations(dialect: Dialect) -> list[str]:
         _QUEUE_IDS_UNIQUE.format(**words) if dialect.reuses_ids else "",
         _LEASE_OWNERS,
         _MEMO_ORDER.format(**words),
+        _DASHBOARD.format(**words, first_event_id=dialect.first_event_id),
     ]
 
 

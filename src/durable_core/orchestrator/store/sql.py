@@ -64,8 +64,8 @@ _CLAIM_KEY = (
     " expires_at=excluded.expires_at WHERE keys.expires_at<=?"
 )
 _ADD_HISTORY = (
-    "INSERT INTO history (run_id, step, name, op, attempt, started_at, ended_at, output, error)"
-    " VALUES (?,?,?,?,?,?,?,?,?)"
+    "INSERT INTO history (run_id, step, name, op, attempt, started_at, ended_at, output, error,"
+    " queued_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -195,10 +195,16 @@ class SqlTx(QueueSql, Tx):
         conds: list[tuple[str, tuple[Any, ...]]] = [("fn_id=?", (flt.fn_id,))] if flt.fn_id else []
         if flt.status:
             conds.append(("status=?", (flt.status.value,)))
+            if not flt.status.finished:  # spelled out, so the planner takes `runs_unfinished`
+                conds.append((_UNFINISHED, ()))
         if flt.before is not None:
             conds.append(("created_at<?", (flt.before,)))
         if flt.after is not None:
             conds.append(_after("created_at", "run_id", flt.after))
+        if flt.since is not None:
+            conds.append(("created_at>=?", (flt.since,)))
+        if flt.event_id is not None:
+            conds.append((f"{self.dialect.first_event_id}=?", (flt.event_id,)))
         sql, args = _filtered("runs", conds, "created_at DESC, run_id DESC", flt.limit)
         return [run_from_row(r) for r in await self.db.rows(sql, args)]
 
@@ -252,7 +258,7 @@ class SqlTx(QueueSql, Tx):
             _ADD_HISTORY,
             (
                 rec.run_id, rec.step, rec.name, rec.op, rec.attempt, rec.started_at, rec.ended_at,
-                _json(rec.output), _json(rec.error),
+                _json(rec.output), _json(rec.error), rec.queued_at,
             ),
         )  # fmt: skip
 
