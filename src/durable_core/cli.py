@@ -219,6 +219,12 @@ def dev(
     show_default=True,
     help="Seconds before a dead process's work is taken over.",
 )
+@click.option(
+    "--http-checkpoints/--no-http-checkpoints",
+    default=None,
+    help="Let apps checkpoint each step over HTTP, so a chain of steps (or a one-step run) "
+    "takes one request. Default: on with SQLite, off with PostgreSQL.",
+)
 @click.option("--log-level", default="info", show_default=True)
 @limit_options
 def start(
@@ -229,6 +235,7 @@ def start(
     signing_key: str | None,
     event_keys: tuple[str, ...],
     lease: float,
+    http_checkpoints: bool | None,
     log_level: str,
     limits: Limits,
 ) -> None:
@@ -272,6 +279,7 @@ def start(
         concurrency=workers,
         lease_ms=int(lease * 1000),
         limits=limits,
+        http_checkpoints=http_checkpoints,
     )
 
     api = Api(orch).served()

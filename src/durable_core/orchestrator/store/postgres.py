@@ -129,6 +129,8 @@ class PostgresStore(Store):
         #: it is alive, so a process starting later can release the leases of one that died.
         self.owner = secrets.token_hex(8)
         self._owner_conn: psycopg.AsyncConnection[Any] | None = None
+        #: Lease renewals run here, never queued behind the pool's busy connections.
+        self._renew_conn: Connection | None = None
 
     def transient(self, err: BaseException) -> bool:
         return isinstance(
@@ -210,6 +212,23 @@ class PostgresStore(Store):
             row = await cur.fetchone()
         return bool(row and row["active"])
 
+    async def renew_leases(self, item_ids: list[int], until: int) -> int:
+        if not item_ids:
+            return 0
+        if self._renew_conn is None or self._renew_conn.closed:
+            self._renew_conn = await psycopg.AsyncConnection.connect(
+                self.url, row_factory=dict_row, connect_timeout=10, **self._connect_kwargs
+            )
+        try:  # autocommit: the one statement is its own transaction
+            return await SqlTx(_Conn(self._renew_conn), POSTGRES, self.owner).extend_leases(
+                item_ids, until
+            )
+        except BaseException:  # a statement cut short leaves the connection in doubt
+            with contextlib.suppress(Exception):
+                await self._renew_conn.close()
+            self._renew_conn = None
+            raise
+
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Tx]:
         async with self.pool.connection() as conn:
@@ -246,6 +265,10 @@ class PostgresStore(Store):
         )
 
     async def close(self) -> None:
+        if self._renew_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._renew_conn.close()
+            self._renew_conn = None
         if self._owner_conn is not None:
             with contextlib.suppress(Exception):
                 await self._owner_conn.close()
