@@ -365,8 +365,8 @@ class Dispatcher:
         tick = lease_ms / 4000
         while self._leased:
             await asyncio.sleep(tick)
-            try:
-                async with asyncio.timeout(tick):
+            try:  # a renewal that takes half the lease is cut short and tried again
+                async with asyncio.timeout(lease_ms / 2000):
                     await self.store.renew_leases(list(self._leased), now_ms() + lease_ms)
             except Exception as err:
                 _log.warning("renewing %d leases failed (%s); retrying", len(self._leased), err)
