@@ -55,6 +55,8 @@ class StepBuffer:
         self.count = 0
         self.buffer: list[tuple[HistoryRecord, dict[str, Any]]] = []
         self.closed: str | None = None
+        #: Two checkpoints of one request may arrive together: one stores, the other waits.
+        self._flushing = asyncio.Lock()
 
     def close(self, why: str) -> None:
         """The request is over (`why`): a step it still reaches stops it."""
@@ -99,12 +101,13 @@ class StepBuffer:
 
     async def flush(self) -> None:
         self._check_open()
-        while self.buffer:
-            rec, memo = self.buffer[0]
-            if not await self._store(rec, memo):
-                raise RunCancelledError(f"run {rec.run_id} has ended; its request stops here")
-            fault("checkpoint.committed")
-            self.buffer.pop(0)
+        async with self._flushing:
+            while self.buffer:
+                rec, memo = self.buffer[0]
+                if not await self._store(rec, memo):
+                    raise RunCancelledError(f"run {rec.run_id} has ended; its request stops here")
+                fault("checkpoint.committed")
+                self.buffer.pop(0)
 
     async def _store(self, rec: HistoryRecord, memo: dict[str, Any]) -> bool:
         for attempt in range(ATTEMPTS):
