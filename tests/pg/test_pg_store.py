@@ -280,31 +280,6 @@ async def test_extend_lease_keeps_an_item_from_other_stores(stores: StoreFactory
         assert not await tx.delete_item(item_id)
 
 
-async def test_renew_leases_extends_only_this_processs_items_while_the_pool_is_busy(
-    stores: StoreFactory,
-) -> None:
-    a, b = await stores(), await stores()
-    async with a.transaction() as tx:
-        mine = await tx.enqueue("r1", ItemKind.STEP, step="s")
-        lost = await tx.enqueue("r2", ItemKind.STEP, step="s")
-    t = now_ms()
-    async with a.transaction() as tx:
-        assert sorted(i.id for i in await tx.claim(t, 10, 1000)) == [mine, lost]
-        await tx.extend_lease(mine, t + 5000)
-    async with b.transaction() as tx:  # `lost`'s lease ran out, and b took it over
-        assert [i.id for i in await tx.claim(t + 1001, 10, 1000)] == [lost]
-    held = [await a.pool.getconn() for _ in range(a.pool.max_size)]  # every pooled connection busy
-    try:
-        assert await a.renew_leases([mine, lost], t + 9000) == 1
-    finally:
-        for conn in held:
-            await a.pool.putconn(conn)
-    async with b.transaction() as tx:
-        item = await tx.get_item(lost)
-        assert item is not None and item.lease_until == t + 2001  # b's lease, untouched
-        assert [i.id for i in await tx.claim(t + 8000, 10, 1000)] == [lost]  # mine is still a's
-
-
 async def test_release_leases_leaves_other_processes_leases_alone(stores: StoreFactory) -> None:
     a, b = await stores(), await stores()
     async with a.transaction() as tx:

@@ -14,7 +14,7 @@ import contextvars
 import dataclasses
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .._faults import fault
@@ -77,9 +77,6 @@ class Dispatcher:
         #: The steps of each HTTP request in flight, by queue item id: the checkpoint API
         #: stores what the app posts for that request through them.
         self.requests: dict[int, StepBuffer] = {}
-        #: Queue items whose calls are in flight here, their leases renewed together.
-        self._leased: dict[int, int] = {}
-        self._renewer: asyncio.Task[None] | None = None
 
     # -- units of work ----------------------------------------------------------------------
 
@@ -136,9 +133,6 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
         tasks = self._inflight | self._gateway_tasks
-        if self._renewer is not None:
-            tasks = tasks | {self._renewer}
-            self._renewer = None
         for task in tasks:
             task.cancel()
         if tasks:
@@ -249,9 +243,12 @@ class Dispatcher:
         fn, run, memos = loaded
         bounds = limits.for_function(fn, self.limits.run)
         req = GatewayRequest.from_payload(item.payload or {})
-        with self._holding(item):
+        renew = asyncio.create_task(self._renew(item))
+        try:
             async with self._gateway_slots:
                 outcome = await self.gateway.perform(req, bounds, Usage.of(memos))
+        finally:
+            renew.cancel()
         at = moments.retry_at(outcome.retry_after, now_ms()) if outcome.retry_after else None
         await self.atomic(lambda unit: gateway.apply(unit, item, outcome, fn.retries + 1, at))
         self._wake.set()
@@ -318,17 +315,18 @@ class Dispatcher:
         max_body: int,
     ) -> CallResult:
         target = item.step if item.kind is ItemKind.STEP else None
+        renew = asyncio.create_task(self._renew(item))
         try:
-            with self._holding(item):
-                if self.inproc.serves(fn.url):
-                    hooks = Checkpoints(record=steps.record, flush=steps.flush)
-                    return await self._in_process(Call(fn, target, request, hooks), steps)
-                self.requests[item.id] = steps
-                return await self.http.call(Call(fn, target, request, max_body=max_body))
+            if self.inproc.serves(fn.url):
+                hooks = Checkpoints(record=steps.record, flush=steps.flush)
+                return await self._in_process(Call(fn, target, request, hooks), steps)
+            self.requests[item.id] = steps
+            return await self.http.call(Call(fn, target, request, max_body=max_body))
         except Exception as err:
             _log.exception("calling %s failed", fn.fn_id)
             return CallResult(500, {}, {"name": type(err).__name__, "message": str(err)})
         finally:
+            renew.cancel()
             if self.requests.get(item.id) is steps:
                 del self.requests[item.id]
 
@@ -345,31 +343,18 @@ class Dispatcher:
         message = f"{call.fn.fn_id} did not answer within {timeout:g} s (request_timeout)"
         return CallResult(599, {}, run_error(RunErrorName.REQUEST_TIMEOUT, message))
 
-    @contextlib.contextmanager
-    def _holding(self, item: QueueItem) -> Iterator[None]:
-        """Keep `item`'s lease renewed while the block runs."""
-        self._leased[item.id] = self._leased.get(item.id, 0) + 1
-        if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.create_task(self._renew(), name="durable-leases")
-        try:
-            yield
-        finally:
-            left = self._leased.pop(item.id) - 1
-            if left:
-                self._leased[item.id] = left
-
-    async def _renew(self) -> None:
-        """Renew the leases of every item in flight here, in one statement per tick (on a
-        connection of its own with a shared store), through database hiccups too."""
+    async def _renew(self, item: QueueItem) -> None:
+        """Keep the item's lease while its request runs, through database hiccups too."""
         lease_ms = self.limits.lease_ms
-        tick = lease_ms / 4000
-        while self._leased:
-            await asyncio.sleep(tick)
-            try:  # a renewal that takes half the lease is cut short and tried again
-                async with asyncio.timeout(lease_ms / 2000):
-                    await self.store.renew_leases(list(self._leased), now_ms() + lease_ms)
+        while True:
+            await asyncio.sleep(lease_ms / 3000)
+            try:
+                async with self.store.transaction() as tx:
+                    await tx.extend_lease(item.id, now_ms() + lease_ms)
             except Exception as err:
-                _log.warning("renewing %d leases failed (%s); retrying", len(self._leased), err)
+                _log.warning(
+                    "renewing the lease of queue item %s failed (%s); retrying", item.id, err
+                )
 
     def _report(
         self, fn: FunctionRecord, item: QueueItem, result: CallResult, run: RunRecord | None

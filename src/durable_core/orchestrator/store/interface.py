@@ -153,11 +153,6 @@ class Tx(abc.ABC):
 
     @abc.abstractmethod
     async def extend_lease(self, item_id: int, until: int) -> None: ...
-
-    @abc.abstractmethod
-    async def extend_leases(self, item_ids: list[int], until: int) -> int:
-        """Extend the leases of these items that are still this process's; how many were."""
-
     @abc.abstractmethod
     async def get_item(self, item_id: int) -> QueueItem | None: ...
     @abc.abstractmethod
@@ -223,13 +218,6 @@ class Store(abc.ABC):
         dispatched it), the item is now another process's or released; without, its lease
         has run out. A lease that ran out while its owner still holds the item is no sign of
         a superseded request (a renewal that came late), so the owner is the test."""
-
-    async def renew_leases(self, item_ids: list[int], until: int) -> int:
-        """Extend the leases of this process's items in flight, in one statement; how many
-        were still its own. Stores shared by several processes run it on a connection of its
-        own, so a renewal never waits for a busy pool."""
-        async with self.transaction() as tx:
-            return await tx.extend_leases(item_ids, until)
 
     @abc.abstractmethod
     def snapshot(self) -> AbstractAsyncContextManager[Tx]:

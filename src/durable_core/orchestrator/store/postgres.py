@@ -128,8 +128,7 @@ class PostgresStore(Store):
         #: This process's leases are tagged with `owner`; a session lock on `_owner_conn` says
         #: it is alive, so a process starting later can release the leases of one that died.
         self.owner = secrets.token_hex(8)
-        #: Lease renewals run on it too, never queued behind the pool's busy connections.
-        self._owner_conn: Connection | None = None
+        self._owner_conn: psycopg.AsyncConnection[Any] | None = None
 
     def transient(self, err: BaseException) -> bool:
         return isinstance(
@@ -211,22 +210,6 @@ class PostgresStore(Store):
             row = await cur.fetchone()
         return bool(row and row["active"])
 
-    async def renew_leases(self, item_ids: list[int], until: int) -> int:
-        if not item_ids:
-            return 0
-        if self._owner_conn is None or self._owner_conn.closed:
-            await self._hold_owner_lock()  # lost with its connection: taken again
-        assert self._owner_conn is not None
-        try:  # autocommit: the one statement is its own transaction
-            return await SqlTx(_Conn(self._owner_conn), POSTGRES, self.owner).extend_leases(
-                item_ids, until
-            )
-        except BaseException:  # a statement cut short leaves the connection in doubt
-            with contextlib.suppress(Exception):
-                await self._owner_conn.close()
-            self._owner_conn = None
-            raise
-
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Tx]:
         async with self.pool.connection() as conn:
@@ -257,18 +240,10 @@ class PostgresStore(Store):
     async def _hold_owner_lock(self) -> None:
         """Hold this process's liveness lock for as long as the store is open (a killed
         process's session ends, and the lock with it)."""
-        conn = await psycopg.AsyncConnection.connect(
-            self.url, row_factory=dict_row, connect_timeout=10, **self._connect_kwargs
+        self._owner_conn = await psycopg.AsyncConnection.connect(self.url, **self._connect_kwargs)
+        await self._owner_conn.execute(
+            f"SELECT pg_advisory_lock({_OWNER_KEY.replace('?', '%s')})", (self.owner,)
         )
-        try:
-            await conn.execute(
-                f"SELECT pg_advisory_lock({_OWNER_KEY.replace('?', '%s')})", (self.owner,)
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await conn.close()
-            raise
-        self._owner_conn = conn
 
     async def close(self) -> None:
         if self._owner_conn is not None:

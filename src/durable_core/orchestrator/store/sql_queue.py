@@ -89,17 +89,6 @@ class QueueSql:
         sql = "UPDATE queue SET lease_until=?, lease_owner=? WHERE id=?"
         await self.db.count(sql, (until, self.owner, item_id))
 
-    async def extend_leases(self, item_ids: list[int], until: int) -> int:
-        if not item_ids:
-            return 0
-        which, args = self.dialect.any_of("id", sorted(item_ids))
-        if self.owner is None:
-            return await self.db.count(
-                f"UPDATE queue SET lease_until=? WHERE {which}", (until, *args)
-            )
-        sql = f"UPDATE queue SET lease_until=? WHERE {which} AND lease_owner=?"
-        return await self.db.count(sql, (until, *args, self.owner))
-
     async def get_item(self, item_id: int) -> QueueItem | None:
         row = await self.db.one("SELECT * FROM queue WHERE id=?", (item_id,))
         return None if row is None else item_from_row(row)
