@@ -459,6 +459,12 @@ def main() -> None:
         print(bench.row("", [f"{n} process{'es' if n > 1 else ''}" for n in procs]))
         for setup, by_n in rates.items():
             print(bench.row(setup, [f"{by_n[n]:.0f}" for n in procs]))
+        dbos = figures.get("DBOS")
+        if dbos is not None:  # the same measurement as part 1's, in this same run
+            print(bench.row(f"DBOS, in-process (N={settings.runs})", [f"{dbos.runs_per_s:.0f}"]))
+            for setup, by_n in rates.items():
+                ratios = [f"{by_n[n] / dbos.runs_per_s:.2f}" for n in procs]
+                print(bench.row(f"{setup} / DBOS (target >= 1)", ratios))
 
 
 if __name__ == "__main__":

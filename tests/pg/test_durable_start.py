@@ -115,13 +115,13 @@ def test_durable_start_refuses_to_start_without_good_keys(
 class Orchestrator:
     """A `durable start` process on 127.0.0.1."""
 
-    def __init__(self, database: str, log: Path) -> None:
+    def __init__(self, database: str, log: Path, *flags: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         command = [*durable_command(), "start", "--database", database, "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--signing-key", SIGNING_KEY]
-        command += ["--event-key", EVENT_KEY, "--workers", "8", "--lease", "5"]
+        command += ["--event-key", EVENT_KEY, "--workers", "8", "--lease", "5", *flags]
         with open(log, "w") as out:
             self.proc = subprocess.Popen(
                 command, env=clean_env(), stdout=out, stderr=subprocess.STDOUT, text=True
@@ -171,7 +171,7 @@ class Orchestrator:
             self.proc.wait()
 
 
-OrchestratorFactory = Callable[[], Orchestrator]
+OrchestratorFactory = Callable[..., Orchestrator]
 
 
 @pytest.fixture
@@ -179,8 +179,9 @@ def orchestrators(pg_schema_url: str, tmp_path: Path) -> Iterator[OrchestratorFa
     """`orchestrators()` -> a serving `durable start` on the test's schema; stopped afterwards."""
     started: list[Orchestrator] = []
 
-    def start() -> Orchestrator:
-        orch = Orchestrator(pg_schema_url, tmp_path / f"orchestrator-{len(started)}.log")
+    def start(*flags: str) -> Orchestrator:
+        log = tmp_path / f"orchestrator-{len(started)}.log"
+        orch = Orchestrator(pg_schema_url, log, *flags)
         started.append(orch)
         orch.wait_serving()
         return orch
@@ -190,15 +191,19 @@ def orchestrators(pg_schema_url: str, tmp_path: Path) -> Iterator[OrchestratorFa
         orch.stop()
 
 
-def production_app(orchestrator_url: str, uvicorn_server: Callable[[Any], Any]) -> Any:
+def production_app(
+    orchestrator_url: str, uvicorn_server: Callable[[Any], Any], calls: list[int] | None = None
+) -> Any:
     """The production app, served; it syncs its own origin (an unsigned sync in production
-    registers only the configured serve origin)."""
+    registers only the configured serve origin). `calls` gets a 1 per request to `greet`."""
     d = Durable(
         "prod", signing_key=SIGNING_KEY, event_key=EVENT_KEY, orchestrator_url=orchestrator_url
     )
 
     @d.function(id="greet", trigger=TriggerEvent("prod/greet"))
     async def greet(ctx: Context) -> dict[str, Any]:
+        if calls is not None:
+            calls.append(1)
         hello = await ctx.step.run("hello", lambda: f"hello {ctx.event.data['name']}")
         loud = await ctx.step.run("shout", lambda: hello.upper())
         return {"said": loud, "attempt": ctx.attempt}
@@ -241,6 +246,26 @@ def test_a_production_app_registers_and_runs(
     )
     assert bad_register.status_code == 401
     assert len(orch.get("/v1/runs")["data"]) == 1  # the refused event started nothing
+
+
+@pytest.mark.parametrize(("flag", "requests"), [("--http-checkpoints", 1), (None, 3)])
+def test_http_checkpoints_run_a_chain_of_steps_in_one_request_when_turned_on(
+    orchestrators: OrchestratorFactory,
+    uvicorn_server: Callable[[Any], Any],
+    flag: str | None,
+    requests: int,
+) -> None:
+    orch = orchestrators(*([flag] if flag else []))
+    calls: list[int] = []
+    app = production_app(orch.url, uvicorn_server, calls)
+    assert httpx.put(app.base_url + SERVE_PATH, timeout=DEADLINE).status_code == 200
+
+    assert orch.send("prod/greet", {"name": "di"}).status_code == 200
+    run = orch.finished_run("prod-greet")
+
+    assert run["output"] == {"said": "HELLO DI", "attempt": 0}
+    assert [s["name"] for s in run["steps"]] == ["hello", "shout"]
+    assert len(calls) == requests  # off by default on PostgreSQL: one request per step
 
 
 def test_two_processes_on_one_schema_share_functions_and_runs(

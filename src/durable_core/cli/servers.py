@@ -139,6 +139,12 @@ def dev(
     show_default=True,
     help="Seconds before a dead process's work is taken over.",
 )
+@click.option(
+    "--http-checkpoints/--no-http-checkpoints",
+    default=None,
+    help="Let apps checkpoint each step over HTTP, so a chain of steps (or a one-step run) "
+    "takes one request. Default: on with SQLite, off with PostgreSQL.",
+)
 @log_options
 @limit_options
 def start(
@@ -149,6 +155,7 @@ def start(
     signing_key: str | None,
     event_keys: tuple[str, ...],
     lease: float,
+    http_checkpoints: bool | None,
     log_level: str,
     log_format: str | None,
     limits: Limits,
@@ -191,6 +198,7 @@ def start(
         concurrency=workers,
         lease_ms=int(lease * 1000),
         limits=limits,
+        http_checkpoints=http_checkpoints,
     )
 
     api = Api(orch).served()

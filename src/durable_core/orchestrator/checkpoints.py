@@ -59,6 +59,8 @@ class StepBuffer:
         #: When the step being run began, at the latest: the request's start, then the
         #: previous step's end (an SDK that does not time its steps is timed so).
         self.since = now_ms()
+        #: Two checkpoints of one request may arrive together: one stores, the other waits.
+        self._flushing = asyncio.Lock()
 
     def close(self, why: str) -> None:
         """The request is over (`why`): a step it still reaches stops it."""
@@ -106,13 +108,14 @@ class StepBuffer:
 
     async def flush(self) -> None:
         self._check_open()
-        while self.buffer:
-            rec, memo = self.buffer[0]
-            if not await self._store(rec, memo):
-                raise RunCancelledError(f"run {rec.run_id} has ended; its request stops here")
-            fault("checkpoint.committed")
-            self.buffer.pop(0)
-            runlog.tell("step_done", rec.run_id, self.fn.fn_id, rec.name)
+        async with self._flushing:
+            while self.buffer:
+                rec, memo = self.buffer[0]
+                if not await self._store(rec, memo):
+                    raise RunCancelledError(f"run {rec.run_id} has ended; its request stops here")
+                fault("checkpoint.committed")
+                self.buffer.pop(0)
+                runlog.tell("step_done", rec.run_id, self.fn.fn_id, rec.name)
 
     async def _store(self, rec: HistoryRecord, memo: dict[str, Any]) -> bool:
         for attempt in range(ATTEMPTS):

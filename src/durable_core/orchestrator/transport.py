@@ -28,6 +28,9 @@ from .store import FunctionRecord
 Checkpoint = Checkpoints
 INPROC_SCHEME = "inproc"
 SHARD = 8  # connections per httpx client of `HttpTransport`
+#: Seconds an idle connection to an app is kept: under the 5 s after which uvicorn (and most
+#: servers) close one, so a request is never sent on a connection the app is closing.
+KEEPALIVE_EXPIRY = 2.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -76,7 +79,9 @@ class HttpTransport:
         # client for each request, which with dozens of connections cost more than the call.
         shards = max(1, -(-connections // SHARD))
         per = -(-connections // shards)
-        limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
+        limits = httpx.Limits(
+            max_connections=per, max_keepalive_connections=per, keepalive_expiry=KEEPALIVE_EXPIRY
+        )
         self._clients = [httpx.AsyncClient(timeout=timeout, limits=limits) for _ in range(shards)]
         self._next = 0
 
