@@ -33,8 +33,14 @@ $(PEER_TS_STAMP): $(PEER_TS)/package-lock.json
 		echo "npm is missing: the TypeScript peer tests need node and npm" >&2; exit 1; \
 	else echo "npm is missing: the TypeScript peer tests will be skipped"; fi
 
+# The suite runs in TEST_WORKERS parallel processes (its tests mostly wait on I/O; `loadgroup`
+# keeps the tests that share a module-scoped server on one process, see tests/conftest.py), then
+# the tests marked `serial` run alone: one restarts PostgreSQL, the others need a lease not to
+# lapse under load.
+TEST_WORKERS ?= 4
 test: $(STAMP) $(PEER_TS_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
