@@ -37,6 +37,7 @@ PG_URL = os.environ.get("DURABLE_TEST_POSTGRES_URL") or (
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks on the workers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under `pytest -n N --dist loadgroup`, the tests that share a module-scoped fixture of
     this suite (a server, a subprocess pair, a built wheel) go to one worker together, so each
