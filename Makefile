@@ -45,8 +45,14 @@ chromium:
 		echo "$(CHROMIUM) is missing: the dashboard tests need it (sudo apt-get install -y chromium)" >&2; exit 1; \
 	else echo "$(CHROMIUM) is missing: the dashboard tests will be skipped (sudo apt-get install -y chromium)"; fi
 
+# The suite runs in TEST_WORKERS parallel processes (its tests mostly wait on I/O; `loadgroup`
+# keeps the tests that share a module-scoped server on one process, see tests/conftest.py), then
+# the tests marked `serial` run alone: one restarts PostgreSQL, the others need a lease not to
+# lapse under load.
+TEST_WORKERS ?= 4
 test: $(STAMP) $(PEER_TS_STAMP) chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks

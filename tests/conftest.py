@@ -37,6 +37,38 @@ PG_URL = os.environ.get("DURABLE_TEST_POSTGRES_URL") or (
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks on the workers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `pytest -n N --dist loadgroup`, the tests that share a module-scoped fixture of
+    this suite (a server, a subprocess pair, a built wheel) go to one worker together, so each
+    such fixture starts once, as in a serial run, instead of once per worker."""
+    for item in items:
+        group = _shared_fixture_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _shared_fixture_group(item: pytest.Item) -> str | None:
+    """`<module>[<param>,...]` when `item` uses a module-scoped fixture of the suite: one group
+    per module and per parameter of its parametrized module-scoped fixtures."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    shared = False
+    keys = []
+    for name in sorted(item.fixturenames):
+        defs = info.name2fixturedefs.get(name)
+        # A plugin's fixtures have an empty baseid; the suite's own are under tests/.
+        if defs and defs[-1].scope in ("module", "package") and defs[-1].baseid:
+            shared = True
+            if name in params:
+                keys.append(str(params[name]))
+    if not shared:
+        return None
+    return item.nodeid.split("::")[0] + (f"[{','.join(keys)}]" if keys else "")
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     """A reachable PostgreSQL server for the tests."""

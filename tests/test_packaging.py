@@ -41,7 +41,7 @@ TIMEOUT = 120
 # Left out of the copy that the wheel is built from: local environments and build leftovers.
 # A stale build/ would otherwise put modules that src/ no longer has into the wheel.
 SKIP_AT_TOP = {".git", ".venv", "build", "dist", ".durable", ".hypothesis"}
-SKIP_ANYWHERE = ("__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache")
+SKIP_ANYWHERE = ("__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", "node_modules")
 
 
 def _ignore(folder: str, names: list[str]) -> set[str]:

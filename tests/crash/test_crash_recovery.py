@@ -48,6 +48,8 @@ from .harness import (
 )
 from .ledger_app import APP_ID, SERVE_PATH
 
+pytestmark = pytest.mark.serial  # recovery must beat a lease: no other tests' load
+
 __all__ = ["client", "procs"]  # the fixtures
 
 DURABLE_CLI = Path(sys.executable).with_name("durable")

@@ -45,7 +45,10 @@ from .harness import (
 
 __all__ = ["client", "procs"]  # the fixtures
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc")
+pytestmark = [
+    pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc"),
+    pytest.mark.serial,  # the takeover must beat a lease: no other tests' load
+]
 
 # The sync functions reach `step.ran` 200 times and `checkpoint.committed` 95 times in all.
 POINTS = ["step.ran:100", "checkpoint.committed:45"]

@@ -22,11 +22,14 @@ import uuid
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from durable_core.orchestrator.store.postgres import PostgresStore
 
 from . import WORKERS, by_pair, check_ledger, check_outputs, cluster, read_ledger
 from .ledger_app import KINDS, PLANS, steps_of
+
+pytestmark = pytest.mark.serial  # a 3 s lease must not lapse under other tests' load
 
 RUNS = 500
 PLAN = [(f"r{i:03d}", KINDS[i % len(KINDS)]) for i in range(RUNS)]

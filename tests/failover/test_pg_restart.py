@@ -26,6 +26,8 @@ import pytest
 from . import check_ledger, check_outputs, cluster, poll, read_ledger
 from .ledger_app import KINDS, steps_of
 
+pytestmark = pytest.mark.serial  # restarts the PostgreSQL server every test uses
+
 RUNS = 200
 PLAN = [(f"q{i:03d}", KINDS[i % len(KINDS)]) for i in range(RUNS)]
 # A first wave runs to completion; the restart comes once a third of the second wave's steps

@@ -24,7 +24,9 @@ from adapters.fastapi import Serve
 from durable_core import Durable
 
 API = "/durable"
-DEADLINE = 10.0  # seconds; every run here finishes in well under one
+# Seconds; every run here finishes in well under one, and a subprocess starts in a few: the
+# deadline only turns a hang into a failure, with room for a machine busy with parallel tests.
+DEADLINE = 30.0
 FINISHED = ("completed", "failed", "cancelled")
 
 

@@ -128,7 +128,8 @@ async def test_a_tick_runs_once_across_orchestrators(pg_schema_url: str, tmp_pat
         for orch in orchs:  # every scheduler has looked at the tick by now
             await poll("every scheduler to see the tick", lambda o=orch: _seen(o))
         all_ticks = ticks(await runs_of(orchs[0]))
-        assert due in all_ticks
+        # The due tick ran, or the next one if a minute began in the meantime (a busy machine).
+        assert all_ticks and min(all_ticks) >= due
         assert len(all_ticks) == len(set(all_ticks))  # three schedulers, one run per tick
     finally:
         for h in hosts:

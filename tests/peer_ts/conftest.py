@@ -9,6 +9,7 @@ lockfile (`make test` does it too). Without node or npm the tests are skipped, e
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -59,16 +60,19 @@ def install_node_packages() -> Path:
     if node is None or npm is None:
         _missing("node" if node is None else "npm")
     assert node is not None and npm is not None
-    if not STAMP.exists() or STAMP.stat().st_mtime < LOCKFILE.stat().st_mtime:
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
-        STAMP.touch()
+    # Parallel test processes install once: the first takes the lock, the others wait for it.
+    with open(HERE / ".npm-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not STAMP.exists() or STAMP.stat().st_mtime < LOCKFILE.stat().st_mtime:
+            done = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund"],
+                cwd=HERE,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
+            STAMP.touch()
     return Path(node)
 
 

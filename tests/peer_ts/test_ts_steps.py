@@ -33,8 +33,11 @@ def test_sync_registers_every_function(peer_ts: TsPeer) -> None:
     assert {f["function_id"] for f in functions} == FUNCTION_IDS
     [app] = [a for a in peer_ts.get("/v1/apps")["data"] if a["app_id"] == "peer-ts"]
     assert app["sdk"].startswith("js:v4."), app
-    log = peer_ts.processes[1].log.read_text()
-    assert f"synced {peer_ts.app_url}/api/inngest" in log, log
+    # The orchestrator logs the sync after it stored the functions: wait for the line.
+    line = f"synced {peer_ts.app_url}/api/inngest"
+    peer_ts.until(
+        f"the log line {line!r}", lambda: line in peer_ts.processes[1].log.read_text() or None
+    )
 
 
 def test_step_run_in_a_loop(peer_ts: TsPeer, mode: str) -> None:
