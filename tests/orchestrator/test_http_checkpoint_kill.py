@@ -36,6 +36,8 @@ from durable_core.orchestrator.store import open_store
 
 from .conftest import UvicornApp
 
+# The killed app is started again and must answer the failed request's retries in time.
+pytestmark = pytest.mark.serial
 POINT = "checkpoint.posted:3"
 
 
