@@ -346,9 +346,12 @@ def test_invoke_through_the_api(h: Harness) -> None:
     assert res.status_code == 202, res.text
     assert h.finish(res.json()["run_id"])["output"] == {"b": 2, "input": {"n": 4}}
 
+    # A run still unfinished when the wait times out is answered 202 as it stands then (on a
+    # busy machine it may not have reached its wait yet).
     res = h.post("/v1/functions/t-hold/invoke", {"wait": True, "timeout": 0.2})
     assert res.status_code == 202, res.text
-    assert res.json()["status"] == "waiting"
+    assert res.json()["status"] in ("queued", "running", "waiting")
+    h.wait_status(res.json()["run_id"], "waiting")
 
 
 def test_invoke_unknown_function_is_404_listing_the_known_ones(h: Harness) -> None:

@@ -98,6 +98,26 @@ def test_plain_rerun_starts_a_new_run(dev: Dev) -> None:
     assert lonely.returncode == 2 and "--from-step" in lonely.stderr
 
 
+def test_rerun_from_a_step_keeps_the_earlier_steps(dev: Dev) -> None:
+    """`durable rerun --from-step` against `durable dev`: the steps before the chosen one keep
+    their results, the chosen one takes the replacement output, and the steps after it run."""
+    ok(cli("send", "cli/greet", "--data", '{"name": "di"}', url=dev.url))
+    first = wait_until("a run of cli-greet", lambda: dev.runs("cli-greet"))[0]["run_id"]
+    dev.wait_status(first, "completed")
+
+    said = ok(cli("rerun", first, "--from-step", "say-hello", "--output", '"hi zed"', url=dev.url))
+    new = said.strip().rsplit(" ", 1)[1]
+    assert dev.wait_status(new, "completed")["output"] == {"said": "HI ZED"}  # shout ran again
+
+    said = ok(cli("rerun", first, "--from-step", "shout", "--output", '"quiet"', url=dev.url))
+    new = said.strip().rsplit(" ", 1)[1]
+    assert dev.wait_status(new, "completed")["output"] == {"said": "quiet"}
+
+    unknown = cli("rerun", first, "--from-step", "no-such-step", url=dev.url)
+    assert unknown.returncode == 1
+    assert "no-such-step" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
 def test_rerun_from_a_step_posts_the_step_and_output() -> None:
     """The request the orchestrator gets (it decides what to do with it)."""
     seen: list[Any] = []

@@ -248,6 +248,32 @@ def test_a_production_app_registers_and_runs(
     assert len(orch.get("/v1/runs")["data"]) == 1  # the refused event started nothing
 
 
+def test_rerun_from_a_step_with_the_cli_on_postgresql(
+    orchestrators: OrchestratorFactory, uvicorn_server: Callable[[Any], Any]
+) -> None:
+    """`durable rerun --from-step` against `durable start` on PostgreSQL: the earlier step keeps
+    its result and the chosen one takes the replacement output."""
+    orch = orchestrators()
+    app = production_app(orch.url, uvicorn_server)
+    assert httpx.put(app.base_url + SERVE_PATH, timeout=DEADLINE).status_code == 200
+    assert orch.send("prod/greet", {"name": "di"}).status_code == 200
+    first = orch.finished_run("prod-greet")["run_id"]
+
+    env = {**clean_env(), "DURABLE_ORCHESTRATOR_URL": orch.url, "DURABLE_SIGNING_KEY": SIGNING_KEY}
+    args = ["rerun", first, "--from-step", "shout", "--output", '"quiet"']
+    said = subprocess.run(
+        [*durable_command(), *args], env=env, capture_output=True, text=True, timeout=DEADLINE
+    )
+    assert said.returncode == 0, said.stderr
+    new = said.stdout.strip().rsplit(" ", 1)[1]
+    run = wait_until(
+        f"run {new} to finish",
+        lambda: (r := orch.get(f"/v1/runs/{new}"))["status"] in FINISHED and r,
+    )
+    assert run["status"] == "completed", run
+    assert run["output"] == {"said": "quiet", "attempt": 0}
+
+
 @pytest.mark.parametrize(("flag", "requests"), [("--http-checkpoints", 1), (None, 3)])
 def test_http_checkpoints_run_a_chain_of_steps_in_one_request_when_turned_on(
     orchestrators: OrchestratorFactory,
