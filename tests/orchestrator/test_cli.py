@@ -3,6 +3,7 @@ to it with `-u`, and `durable send / runs / run / cancel` run against it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -258,7 +259,34 @@ def test_dev_reports_a_sync_that_registered_nothing_with_the_reason(tmp_path: Pa
         text = log.read_text()
         assert "synced" not in text, text
         assert "registered nothing: registration: functions: Field required" in text, text
+        # The Apps page's source: the refused registration under the app id it named, and the
+        # sync under the URL durable dev synced.
+        failed = httpx.get(f"{dev_url}/v1/apps", timeout=DEADLINE).json()["sync_errors"]
+        assert {f["app"]: f["error"] for f in failed} == {
+            "ts-app": "registration: functions: Field required",
+            f"{app.base_url}/api/inngest": "registered nothing: registration: functions: Field required",
+        }
+        assert all(f["at"] for f in failed)
     finally:
         proc.terminate()
         proc.wait(timeout=DEADLINE)
         app.stop()
+
+
+def test_dev_lists_an_app_that_does_not_answer_its_sync(tmp_path: Path) -> None:
+    port, dead = free_port(), f"http://127.0.0.1:{free_port()}/api/durable"
+    dev_url = f"http://127.0.0.1:{port}"
+    proc, _log = run_dev(tmp_path, dead, port)
+    try:
+
+        def failed() -> Any:
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{dev_url}/v1/apps", timeout=DEADLINE).json()["sync_errors"]
+            return None
+
+        [problem] = wait_until("the failed sync in /v1/apps", failed, DEADLINE * 2)
+        assert problem["app"] == dead
+        assert problem["error"] == "the app did not answer (ConnectError); is it running?"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=DEADLINE)

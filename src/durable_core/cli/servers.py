@@ -4,7 +4,6 @@ per change of a run's state (`--log-format text|json`)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -81,20 +80,26 @@ def dev(
         async with httpx.AsyncClient(timeout=10) as client:
             while pending and time.monotonic() < deadline:
                 for url in list(pending):
-                    with contextlib.suppress(httpx.HTTPError):
-                        before = api.registrations
+                    before = api.registrations
+                    try:
                         res = await client.put(url)
-                        if res.status_code < 400 and api.registrations > before:
-                            click.echo(f"synced {url}")
-                            pending.remove(url)
-                        elif res.status_code < 400:  # the app answered, but nothing registered
-                            why = api.last_refusal or "the app sent no registration"
-                            click.echo(f"sync of {url} registered nothing: {why}", err=True)
-                            pending.remove(url)
-                        else:
-                            click.echo(
-                                f"sync of {url} answered {res.status_code}: {res.text[:200]}"
-                            )
+                    except httpx.HTTPError as err:
+                        why = f"the app did not answer ({type(err).__name__}); is it running?"
+                        api.sync_problems.failed(url, why)
+                        continue
+                    if res.status_code < 400 and api.registrations > before:
+                        click.echo(f"synced {url}")
+                        api.sync_problems.cleared(url)
+                        pending.remove(url)
+                    elif res.status_code < 400:  # the app answered, but nothing registered
+                        why = api.last_refusal or "the app sent no registration"
+                        api.sync_problems.failed(url, f"registered nothing: {why}")
+                        click.echo(f"sync of {url} registered nothing: {why}", err=True)
+                        pending.remove(url)
+                    else:
+                        why = f"answered {res.status_code}: {res.text[:200]}"
+                        api.sync_problems.failed(url, why)
+                        click.echo(f"sync of {url} {why}")
                 if pending:
                     await asyncio.sleep(0.5)
         for url in pending:

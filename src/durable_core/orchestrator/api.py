@@ -63,6 +63,7 @@ from .dashboard import Dashboard, session_problem
 from .insight import children, waiting_on
 from .service import Orchestrator
 from .store import EventFilter, HistoryRecord, RunFilter, RunRecord, RunStatus
+from .sync_problems import SyncProblems, named_app
 
 __all__ = ["MAX_BODY", "Api", "run_json"]
 
@@ -136,6 +137,7 @@ class Api:
         #: sync cannot trust an SDK's answer: some answer 200 after a refused registration).
         self.registrations = 0
         self.last_refusal: str | None = None
+        self.sync_problems = SyncProblems()
 
     def routes(self) -> list[Route]:
         return [
@@ -231,15 +233,22 @@ class Api:
 
     async def register(self, request: Request) -> Response:
         self._authorize(request)
+        raw: Any = None
         try:
-            body = await read_model(request, RegisterIn, "registration")
+            raw = await read_json(request, "registration")
+            try:
+                body = RegisterIn.model_validate(raw)
+            except pydantic.ValidationError as err:
+                raise validation(err, "registration") from None
             for fn in body.functions:
                 check_function(fn)
         except Problem as problem:
             self.last_refusal = str(problem)
+            self.sync_problems.failed(named_app(raw), str(problem))
             raise
         modified = await self.orch.register(body.model_dump(mode="json"))
         self.registrations += 1
+        self.sync_problems.cleared(body.appname, body.url)
         return JsonAnswer({"ok": True, "modified": modified})
 
     async def events_in(self, request: Request) -> Response:
@@ -265,7 +274,9 @@ class Api:
         return JsonAnswer({"data": [
             {"app_id": a.app_id, "url": a.url, "sdk": a.sdk, "framework": a.framework, "updated_at": _iso(a.updated_at)}
             for a in apps
-        ], "last_sync_error": self.last_refusal})  # fmt: skip
+        ], "last_sync_error": self.last_refusal, "sync_errors": [
+            {"app": app, "error": why, "at": _iso(at)} for app, why, at in self.sync_problems.listing()
+        ]})  # fmt: skip
 
     async def functions(self, request: Request) -> Response:
         self._authorize(request)

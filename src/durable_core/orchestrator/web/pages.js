@@ -60,10 +60,12 @@ export function appsPage(main) {
   main.append(h("h1", {}, "Apps"), list);
   async function update() {
     const apps = await api("v1/apps");
-    const notice = apps.last_sync_error ? h("div", { class: "notice bad" }, `Last refused sync: ${apps.last_sync_error}`) : null;
-    list.replaceChildren(...[notice, table(["App", "URL", "SDK", "Framework", "Last sync"], apps.data.map((a) =>
+    const problems = (apps.sync_errors || []).length ? [h("h2", {}, "Failed syncs"),
+      table(["App or URL", "Error", "When"], apps.sync_errors.map((p) =>
+        h("tr", { class: "sync-error" }, h("td", { class: "mono" }, p.app), h("td", {}, p.error), h("td", {}, when(p.at)))), "")] : [];
+    list.replaceChildren(table(["App", "URL", "SDK", "Framework", "Last sync"], apps.data.map((a) =>
       h("tr", {}, h("td", {}, a.app_id), h("td", { class: "mono" }, a.url || "in process"), h("td", {}, a.sdk),
-        h("td", {}, a.framework), h("td", {}, when(a.updated_at)))), "No app has synced yet.")].filter(Boolean));
+        h("td", {}, a.framework), h("td", {}, when(a.updated_at)))), "No app has synced yet."), ...problems);
   }
   return { title: "Apps", update };
 }
