@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests import ports
 
 DEADLINE = 30.0
 BIN = Path(sys.executable).parent
@@ -43,9 +43,7 @@ Serve(web, durable)
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port()
 
 
 def wait_for(what: str, probe: object, deadline: float = DEADLINE) -> object:

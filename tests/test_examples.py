@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests import ports
 
 REPO = Path(__file__).resolve().parents[1]
 FLASK_APP = REPO / "examples" / "flask_app.py"
@@ -34,10 +34,7 @@ CART = {"order_id": "o-7", "items": ["sku-1", "sku-2"], "email": "ada@example.co
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return ports.free_port()
 
 
 def server_env(durable_dir: Path, runtime_dir: Path | None = None) -> dict[str, str]:

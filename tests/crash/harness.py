@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 import pytest
+from tests import ports
 
 from .ledger_app import APP_ID, expected_output, steps_of, width_of
 
@@ -124,9 +124,7 @@ def client() -> Iterator[httpx.Client]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port()
 
 
 def app_env(tmp_path: Path, **extra: str) -> dict[str, str]:

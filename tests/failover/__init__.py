@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 import pytest
+from tests import ports
 
 from durable_core.signing import hashed_signing_key
 
@@ -45,9 +45,7 @@ Pair = tuple[str, str]
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port()
 
 
 def split_schema(url: str) -> tuple[str, str]:

@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from tests import ports
 
 from adapters.fastapi import Serve
 from durable_core import Durable
@@ -31,9 +32,7 @@ FINISHED = ("completed", "failed", "cancelled")
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port()
 
 
 def wait_until(what: str, probe: Callable[[], Any], deadline: float = DEADLINE) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from tests import ports
 
 APP_SCRIPT = Path(__file__).with_name("inngest_app.py")
 DURABLE_BIN = Path(sys.executable).with_name("durable")
@@ -43,9 +43,7 @@ T = TypeVar("T")
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port()
 
 
 class Process:

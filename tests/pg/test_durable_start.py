@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from tests import ports
 
 from adapters.fastapi import Serve
 from durable_core import Context, Durable, TriggerEvent
@@ -30,9 +31,7 @@ FINISHED = ("completed", "failed", "cancelled")
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port()
 
 
 def wait_until(what: str, probe: Callable[[], Any], deadline: float = DEADLINE) -> Any:

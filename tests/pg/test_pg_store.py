@@ -5,7 +5,6 @@ under leases, the run lock, LISTEN/NOTIFY, connection errors and event data kept
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import urllib.parse
 import uuid
@@ -15,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
+from tests import ports
 
 from durable_core import ConfigError
 from durable_core.orchestrator import lifecycle
@@ -71,9 +71,7 @@ def other_schema_url(pg_url: str) -> Iterator[str]:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port()
 
 
 async def until(what: str, probe: Callable[[], Any], deadline: float = DEADLINE) -> Any:
